@@ -1,0 +1,68 @@
+"""mitmproxy addon: the inbound gate in front of each associated resource (reverse-proxy listeners).
+
+``requestheaders`` is the earliest hook that knows both the caller and its subscription header; a denial set
+there is answered without ever opening a connection to the upstream (mitmproxy sends a preset response
+instead of forwarding), and the request body is drained, never forwarded.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from addons.lifecycle import NspLifecycle
+from proxy.clientip import effective_client_ip
+from proxy.decision import InboundFacts
+from proxy.denials import inbound_denial
+
+
+class InboundGate:
+    def __init__(self, lifecycle: NspLifecycle):
+        self.lifecycle = lifecycle
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        runtime = self.lifecycle.runtime
+        if runtime is None:
+            return
+        policy = runtime.policy
+        resource = policy.inbound_ports.get(flow.client_conn.proxy_mode.custom_listen_port or 0)
+        if resource is None:
+            return  # not an inbound listener: the outbound gate's business
+        compiled = policy.association(resource)
+        request = flow.request
+        peer_ip, peer_port = flow.client_conn.peername[:2]
+        source_ip = effective_client_ip(peer_ip, request.headers.get_all("x-forwarded-for"), runtime.trusted_proxies)
+        header = policy.config.settings.subscription_header
+        trusted = compiled is not None and compiled.association.local.trust_subscription_header
+        claimed = request.headers.get(header)
+        facts = InboundFacts(
+            resource=resource,
+            source_ip=_unmap(source_ip),
+            source_port=peer_port if source_ip == peer_ip else 0,
+            subscription=claimed if trusted else None,
+            protocol="HTTPS" if flow.client_conn.tls else "HTTP",
+            host=request.host_header or "",
+        )
+        decision = runtime.decide_inbound(facts)
+        path = request.path.split("?", 1)[0]
+        runtime.record(
+            decision, facts,
+            operation=f"{request.method} {path}",
+            operation_version=request.headers.get("x-ms-version") or request.query.get("api-version", ""),
+            source_parameters={
+                "subscription": claimed if trusted else None,
+                "ignoredSubscriptionHeader": claimed if claimed and not trusted else None,
+                "socketPeer": peer_ip if source_ip != peer_ip else None,
+            },
+        )
+        if not decision.allowed:
+            assoc = compiled.association if compiled else None
+            denial = inbound_denial(
+                assoc.service_kind if assoc else "", decision, facts.source_ip,
+                assoc.resource_id if assoc else "", compiled.perimeter.location if compiled else "",
+            )
+            flow.response = http.Response.make(denial.status, denial.body, dict(denial.headers))
+
+
+def _unmap(address: str) -> str:
+    """``::ffff:127.0.0.1`` (dual-stack sockets) is logged and matched as ``127.0.0.1``."""
+    return address[7:] if address.lower().startswith("::ffff:") and "." in address else address

@@ -1,0 +1,91 @@
+"""mitmproxy addon: loads the configuration, owns the ``Runtime``, opens the listeners it names, and
+reloads it live. The gates (``addons.inbound``, ``addons.outbound``) ask it for the runtime in force.
+
+Options (``--set name=value``):
+  nsp_config        path of the nsp-proxy configuration (YAML, or YAML with ``arm:`` and ``bindings:``)
+  nsp_access_log    access-log target, overriding ``settings.accessLog`` (``-`` is stdout)
+  nsp_metrics       metrics endpoint ``host:port``, overriding ``settings.metrics``; ``off`` disables it
+  nsp_manage_modes  set mitmproxy's ``mode`` option from the configuration's listeners (default true)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
+
+from proxy.config import load_config
+from proxy.demo_backend import DemoBackend
+from proxy.errors import ConfigError
+from proxy.listeners import mitmproxy_modes
+from proxy.normalize import parse_endpoint
+from proxy.runtime import Overrides, Runtime
+
+log = logging.getLogger("nsp-proxy")
+
+
+class NspLifecycle:
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        self.demo: DemoBackend | None = None
+        self._watch: asyncio.Task | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option("nsp_config", str, "", "nsp-proxy configuration file (YAML).")
+        loader.add_option("nsp_access_log", str, "", "Access-log target (file path, or - for stdout); "
+                                                     "overrides settings.accessLog.")
+        loader.add_option("nsp_metrics", str, "", "Prometheus endpoint host:port, or 'off'; "
+                                                  "overrides settings.metrics.")
+        loader.add_option("nsp_manage_modes", bool, True, "Open one listener per association from the config.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "nsp_config" not in updated or self.runtime is not None:
+            return
+        path = ctx.options.nsp_config
+        if not path:
+            log.warning("nsp-proxy addon loaded without nsp_config: no perimeter is enforced")
+            return
+        try:
+            config = load_config(path)
+            overrides = _overrides(ctx.options.nsp_access_log, ctx.options.nsp_metrics)
+        except (ConfigError, ValueError) as exc:
+            raise exceptions.OptionsError(f"nsp-proxy: configuration refused:\n{exc}") from None
+        self.runtime = Runtime(config, overrides, config_path=path)
+        self._apply_listeners()
+        endpoint = self.runtime.metrics_endpoint()
+        if endpoint:
+            self.runtime.metrics.serve(*endpoint)
+            log.info("nsp-proxy metrics on http://%s:%d/metrics", *endpoint)
+
+    def running(self) -> None:
+        if self.runtime and self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self.runtime.watch(self._apply_listeners))
+
+    def done(self) -> None:
+        if self._watch:
+            self._watch.cancel()
+        if self.runtime:
+            written = self.runtime.writer.written
+            self.runtime.close()
+            log.info("nsp-proxy stopped; %d access-log records written", written)
+        if self.demo:
+            self.demo.stop()
+
+    def _apply_listeners(self) -> None:
+        assert self.runtime is not None
+        if not ctx.options.nsp_manage_modes:
+            return
+        config = self.runtime.policy.config
+        if self.demo is None and any(a.local.upstream == "builtin:demo" for a in config.associations()):
+            self.demo = DemoBackend().start()
+        modes = mitmproxy_modes(config, self.demo.url if self.demo else None)
+        if modes and list(ctx.options.mode) != modes:
+            ctx.options.update(mode=modes)
+
+
+def _overrides(access_log: str, metrics: str) -> Overrides:
+    if metrics.strip().lower() == "off":
+        return Overrides(access_log=access_log or None, metrics_disabled=True)
+    return Overrides(access_log=access_log or None, metrics=parse_endpoint(metrics) if metrics else None)

@@ -1,0 +1,18 @@
+"""nsp-proxy as a mitmproxy script: ``mitmdump -s addons/nsp.py --set nsp_config=perimeter.yaml``.
+
+The same three addons run under ``nsp-proxy run``; see ``addons.lifecycle`` for the options.
+"""
+
+from __future__ import annotations
+
+from addons.inbound import InboundGate
+from addons.lifecycle import NspLifecycle
+from addons.outbound import OutboundGate
+
+
+def make_addons() -> list[object]:
+    lifecycle = NspLifecycle()
+    return [lifecycle, InboundGate(lifecycle), OutboundGate(lifecycle)]
+
+
+addons = make_addons()

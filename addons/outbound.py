@@ -1,0 +1,177 @@
+"""mitmproxy addon: the outbound gate on forward-proxy listeners (plain HTTP and CONNECT).
+
+Hooks, each the earliest that knows its fact:
+  http_connect     the CONNECT host: decide, resolve with dnspython, pin the address (or refuse with 403)
+  requestheaders   a plain forward request's absolute-URI host and Host header (or a Host header inside a tunnel)
+  next_layer       the TLS ClientHello inside a tunnel: its SNI must name the CONNECT host; the tunnel is then
+                   passed through untouched (TLS is not intercepted)
+  server_connect   every upstream connection: dialled only to the address pinned by a decision, else killed
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mitmproxy import connection, http
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+from addons.lifecycle import NspLifecycle
+from proxy.decision import Decision, OutboundFacts
+from proxy.denials import outbound_denial
+from proxy.engine import attribute_outbound
+from proxy.normalize import is_ip_literal
+from proxy.resolver import ResolutionError
+from proxy.runtime import Runtime
+
+
+class _Refuse(layer.Layer):
+    """Closes the tunnel at once: what a refused SNI gets in Enforced mode."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start | events.DataReceived):
+            yield commands.CloseConnection(self.context.client)
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+
+
+class OutboundGate:
+    def __init__(self, lifecycle: NspLifecycle):
+        self.lifecycle = lifecycle
+        self.pins: dict[str, dict[tuple[str, int], str]] = {}  # client id -> (host, port) -> address to dial
+        self.tunnels: dict[str, OutboundFacts] = {}  # client id -> facts of its allowed CONNECT
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        runtime = self._runtime_for(flow.client_conn)
+        if runtime is None:
+            return
+        facts = self._facts(runtime, flow.client_conn, flow.request.host, flow.request.port, "HTTPS")
+        decision = await self._decide(runtime, flow.client_conn, facts, f"CONNECT {flow.request.host}:"
+                                                                         f"{flow.request.port}")
+        if decision.allowed:
+            self.tunnels[flow.client_conn.id] = facts
+        else:
+            self._deny(flow, facts, decision)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        runtime = self._runtime_for(flow.client_conn)
+        if runtime is None:
+            return
+        request = flow.request
+        tunnel = self.tunnels.get(flow.client_conn.id)
+        if tunnel is not None:
+            # Plain HTTP inside an allowed tunnel: the destination is fixed, only a lying Host header is news.
+            facts = replace(tunnel, protocol="HTTP", host_header=request.host_header)
+            if _same_host(request.host_header, tunnel.destination_host):
+                return
+            decision = runtime.decide_outbound(facts)
+            runtime.record(decision, facts, operation=f"{request.method} {request.pretty_url}")
+        else:
+            facts = self._facts(runtime, flow.client_conn, request.host, request.port, "HTTP",
+                                host_header=request.host_header)
+            decision = await self._decide(runtime, flow.client_conn, facts, f"{request.method} {request.scheme}://"
+                                                                            f"{request.host}:{request.port}")
+        if not decision.allowed:
+            self._deny(flow, facts, decision)
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        tunnel = self.tunnels.get(nextlayer.context.client.id)
+        runtime = self.lifecycle.runtime
+        if tunnel is None or runtime is None or len(nextlayer.context.layers) < 2:
+            return
+        data = nextlayer.data_client()
+        if not data or not starts_like_tls_record(data):
+            return
+        try:
+            hello = parse_client_hello(data)
+        except ValueError:
+            return  # not really TLS: it goes, unread, to the pinned address like any other bytes
+        if hello is None:
+            nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
+            return
+        passthrough = layers.TCPLayer(nextlayer.context, ignore=True)
+        if hello.sni is None or _same_host(hello.sni, tunnel.destination_host):
+            nextlayer.layer = passthrough
+            return
+        facts = replace(tunnel, sni=hello.sni)
+        decision = runtime.decide_outbound(facts)
+        runtime.record(decision, facts, operation=f"TLS {tunnel.destination_host}:{tunnel.destination_port}",
+                       destination_parameters={"sni": hello.sni})
+        nextlayer.layer = passthrough if decision.allowed else _Refuse(nextlayer.context)
+
+    def server_connect(self, data: ServerConnectionHookData) -> None:
+        if self._runtime_for(data.client) is None or data.server.address is None:
+            return
+        host, port = data.server.address[:2]
+        pinned = self.pins.get(data.client.id, {}).get((str(host).lower(), port))
+        if pinned is None:
+            data.server.error = f"nsp-proxy: no decision allowed a connection to {host}:{port}"
+        else:
+            data.server.address = (pinned, port)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.pins.pop(client.id, None)
+        self.tunnels.pop(client.id, None)
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _runtime_for(self, client: connection.Client) -> Runtime | None:
+        """The runtime, if ``client`` came in on one of the configuration's forward-proxy listeners."""
+        runtime = self.lifecycle.runtime
+        if runtime is None or (client.proxy_mode.custom_listen_port or 0) not in runtime.policy.outbound_ports:
+            return None
+        return runtime
+
+    @staticmethod
+    def _facts(runtime: Runtime, client: connection.Client, host: str, port: int, protocol: str,
+               host_header: str | None = None) -> OutboundFacts:
+        source_ip, source_port = client.peername[:2]
+        source_ip = source_ip[7:] if source_ip.lower().startswith("::ffff:") and "." in source_ip else source_ip
+        resource = attribute_outbound(runtime.policy, client.proxy_mode.custom_listen_port or 0, source_ip)
+        return OutboundFacts(resource=resource, source_ip=source_ip, source_port=source_port,
+                             destination_host=host, destination_port=port, protocol=protocol,
+                             host_header=host_header)
+
+    async def _decide(self, runtime: Runtime, client: connection.Client, facts: OutboundFacts,
+                      operation: str) -> Decision:
+        """Decide; if allowed, resolve and pin the address; write the one record. Denied names are never
+        looked up, so a DNS query cannot carry data out either."""
+        decision = runtime.decide_outbound(facts)
+        details: dict[str, str] = {}
+        if decision.allowed:
+            host = facts.destination_host.strip("[]")
+            try:
+                addresses = (host,) if is_ip_literal(host) else await runtime.resolver.resolve(host)
+            except ResolutionError as exc:
+                addresses = ()
+                details["resolutionError"] = str(exc)
+            usable = runtime.resolver.usable(addresses)
+            if addresses and not usable:
+                decision = runtime.decide_outbound(replace(facts, blocked_address=",".join(addresses)))
+            elif usable:
+                self.pins.setdefault(client.id, {})[(host.lower(), facts.destination_port)] = usable[0]
+                details["resolvedAddress"] = usable[0]
+                if len(addresses) > 1:
+                    details["resolvedAddresses"] = ",".join(addresses)
+        runtime.record(decision, facts, operation=operation, destination_parameters=details)
+        return decision
+
+    @staticmethod
+    def _deny(flow: http.HTTPFlow, facts: OutboundFacts, decision: Decision) -> None:
+        denial = outbound_denial(f"{facts.destination_host}:{facts.destination_port}", decision)
+        flow.response = http.Response.make(denial.status, denial.body, dict(denial.headers))
+
+
+def _same_host(value: str | None, host: str) -> bool:
+    if value is None:
+        return True
+    text = value.strip().lower().rstrip(".")
+    if text.startswith("["):
+        text = text[1 : text.find("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    return text.rstrip(".") == host.strip("[]").lower().rstrip(".")

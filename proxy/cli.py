@@ -1,0 +1,269 @@
+"""``nsp-proxy``: run the proxy, validate a configuration, or explain a decision without traffic."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from proxy.config import load_config
+from proxy.decision import Decision, InboundFacts, OutboundFacts
+from proxy.engine import decide_inbound, decide_outbound
+from proxy.errors import ConfigError
+from proxy.listeners import mitmproxy_modes
+from proxy.model import Config
+from proxy.normalize import parse_endpoint
+from proxy.policy import compile_policy
+
+EXIT_OK, EXIT_INVALID, EXIT_DENIED = 0, 1, 3
+
+DESCRIPTION = """\
+nsp-proxy enforces Azure Network Security Perimeter rules on real traffic: a reverse proxy in front of each
+associated resource (inbound rules: source IP, subscription) and a forward proxy for their outbound traffic
+(outbound rules: FQDNs). Every decision is written as an NSP access-log record.
+
+  nsp-proxy run                          run the embedded demo perimeter (no files needed)
+  nsp-proxy run --config perimeter.yaml  run your perimeter; edits to the file apply live
+  nsp-proxy validate perimeter.yaml      check a configuration, print what it defines
+  nsp-proxy explain --source-ip 203.0.113.7 --resource demo-storage
+                                         print the decision for a request, without traffic
+  nsp-proxy example                      print the embedded demo configuration to start from
+"""
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("proxy").joinpath("data/demo.yaml")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_INVALID
+    return int(args.handler(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nsp-proxy", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy", description="Run the proxy. Stops cleanly on SIGTERM/SIGINT "
+                         "after writing every pending access-log record.")
+    run.add_argument("--config", "-c", help="configuration file (default: the embedded demo perimeter)")
+    run.add_argument("--access-log", help="access-log target: a file path, or - for stdout "
+                     "(overrides settings.accessLog)")
+    run.add_argument("--metrics", help="Prometheus endpoint host:port, or 'off' (overrides settings.metrics)")
+    run.add_argument("--set", dest="mitm_options", action="append", default=[], metavar="OPTION=VALUE",
+                     help="pass an option to mitmproxy (repeatable), e.g. --set ssl_insecure=true")
+    run.set_defaults(handler=_cmd_run)
+
+    validate = sub.add_parser("validate", help="check a configuration file and summarise it")
+    validate.add_argument("config", help="configuration file")
+    validate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    validate.set_defaults(handler=_cmd_validate)
+
+    explain = sub.add_parser(
+        "explain", help="print the decision for a described request, without traffic",
+        description="Decide a described request with the configuration's rules and print the decision and the "
+                    "access-log record it would produce. Inbound: give --source-ip (and --subscription). "
+                    "Outbound: give --destination. Exit status: 0 let through, 3 blocked, 1 bad input.")
+    explain.add_argument("--config", "-c", help="configuration file (default: the embedded demo perimeter)")
+    explain.add_argument("--resource", "-r", help="association name or resource ID (default: the only one)")
+    explain.add_argument("--source-ip", help="inbound: the caller's address")
+    explain.add_argument("--subscription", help="inbound: the caller's subscription (GUID or /subscriptions/GUID)")
+    explain.add_argument("--destination", help="outbound: FQDN or IP, optionally :port (default port 443)")
+    explain.add_argument("--sni", help="outbound: TLS server name the client sends")
+    explain.add_argument("--host-header", help="outbound: Host header the client sends")
+    explain.add_argument("--json", action="store_true", help="print the decision as JSON")
+    explain.set_defaults(handler=_cmd_explain)
+
+    example = sub.add_parser("example", help="print the embedded demo configuration")
+    example.set_defaults(handler=lambda _args: print(demo_config_path().read_text(), end="") or EXIT_OK)
+
+    schema = sub.add_parser("schema", help="print the configuration's JSON Schema")
+    schema.set_defaults(handler=lambda _args: print(
+        resources.files("proxy").joinpath("data/nsp-proxy.schema.json").read_text(), end="") or EXIT_OK)
+    return parser
+
+
+def _load(path: str | None) -> Config | None:
+    try:
+        return load_config(path or demo_config_path())
+    except ConfigError as exc:
+        print(f"nsp-proxy: configuration refused:\n{exc}", file=sys.stderr)
+        return None
+
+
+# -- validate -------------------------------------------------------------------------------------------------
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    summary = _summary(config)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{config.source}: OK")
+        for perimeter in summary["perimeters"]:
+            print(f"  perimeter {perimeter['name']} ({perimeter['location']}): "
+                  f"{len(perimeter['profiles'])} profile(s), {len(perimeter['associations'])} association(s)")
+            for assoc in perimeter["associations"]:
+                where = f" listens on {assoc['listen']} -> {assoc['upstream']}" if assoc["listen"] else ""
+                print(f"    {assoc['name']}: {assoc['mode']}, profile {assoc['profile']}{where}")
+        for mode in summary["listeners"]:
+            print(f"  listener: {mode}")
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _summary(config: Config) -> dict[str, Any]:
+    return {
+        "source": config.source,
+        "listeners": mitmproxy_modes(config, "builtin:demo"),
+        "perimeters": [
+            {
+                "name": p.name, "location": p.location, "id": p.resource_id,
+                "profiles": [{"name": f.name, "rules": [r.name for r in f.rules]} for f in p.profiles],
+                "associations": [
+                    {"name": a.name, "resource": a.resource_id, "profile": a.profile, "mode": a.mode.value,
+                     "listen": f"{a.local.listen_host}:{a.local.listen_port}" if a.local.listen_port else None,
+                     "upstream": a.local.upstream}
+                    for a in p.associations
+                ],
+            }
+            for p in config.perimeters
+        ],
+        "warnings": list(config.warnings),
+    }
+
+
+# -- explain --------------------------------------------------------------------------------------------------
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    policy = compile_policy(config, generation=1)
+    resource = _pick_resource(config, args.resource)
+    if resource is None:
+        return EXIT_INVALID
+    if bool(args.source_ip) == bool(args.destination):
+        print("nsp-proxy explain: give either --source-ip (inbound) or --destination (outbound)", file=sys.stderr)
+        return EXIT_INVALID
+    facts: InboundFacts | OutboundFacts
+    if args.source_ip:
+        facts = InboundFacts(resource=resource, source_ip=args.source_ip, subscription=args.subscription)
+        decision = decide_inbound(policy, facts)
+    else:
+        try:
+            host, port = _destination(args.destination)
+        except ValueError as exc:
+            print(f"nsp-proxy explain: --destination: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        facts = OutboundFacts(resource=resource, source_ip="127.0.0.1", destination_host=host,
+                              destination_port=port, host_header=args.host_header, sni=args.sni)
+        decision = decide_outbound(policy, facts)
+    _print_decision(decision, facts, policy, args.json)
+    return EXIT_OK if decision.allowed else EXIT_DENIED
+
+
+def _pick_resource(config: Config, wanted: str | None) -> str | None:
+    assocs = config.associations()
+    if wanted is None:
+        if len(assocs) == 1:
+            return assocs[0].name
+        names = ", ".join(a.name for a in assocs)
+        print(f"nsp-proxy explain: --resource is required (one of: {names})", file=sys.stderr)
+        return None
+    for assoc in assocs:
+        if wanted.lower() in (assoc.name.lower(), assoc.resource_id.lower()):
+            return assoc.name
+    print(f"nsp-proxy explain: no resource association {wanted!r} (known: "
+          f"{', '.join(a.name for a in assocs)})", file=sys.stderr)
+    return None
+
+
+def _destination(text: str) -> tuple[str, int]:
+    if text.startswith("[") and "]:" not in text:
+        return text.strip("[]"), 443
+    if text.count(":") == 1 or text.startswith("["):
+        return parse_endpoint(text)
+    return text, 443
+
+
+def _print_decision(decision: Decision, facts: InboundFacts | OutboundFacts, policy: Any, as_json: bool) -> None:
+    from proxy.accesslog import build_record
+
+    record = build_record(decision, facts, policy)
+    if as_json:
+        data = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(decision).items()}
+        print(json.dumps({"decision": data, "accessLogRecord": record}, indent=2))
+        return
+    verdict = "ALLOWED" if decision.allowed else "DENIED"
+    print(f"{verdict}  {decision.direction.value}  {decision.category.value}")
+    print(f"  resource:   {decision.resource} (perimeter {decision.perimeter}, mode "
+          f"{decision.mode.value if decision.mode else '-'})")
+    print(f"  profile:    {decision.profile}")
+    print(f"  rule:       {decision.matched_rule or '-'} ({decision.rule_type.value})")
+    print(f"  enforced would deny: {'yes' if decision.would_deny else 'no'}")
+    print(f"  reason:     {decision.reason}")
+
+
+# -- run ------------------------------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    path = args.config or str(demo_config_path())
+    config = _load(path)
+    if config is None:
+        return EXIT_INVALID
+    if args.metrics and args.metrics.lower() != "off":
+        try:
+            parse_endpoint(args.metrics)
+        except ValueError as exc:
+            print(f"nsp-proxy: --metrics: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+    options = {"nsp_config": path, "nsp_access_log": args.access_log or "", "nsp_metrics": args.metrics or ""}
+    return asyncio.run(_serve(options, args.mitm_options))
+
+
+async def _serve(nsp_options: dict[str, str], mitm_options: list[str]) -> int:
+    from mitmproxy import exceptions, options
+    from mitmproxy.addons import termlog
+    from mitmproxy.tools.dump import DumpMaster
+
+    from addons.nsp import make_addons
+
+    opts = options.Options()
+    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    master.addons.add(termlog.TermLog(out=sys.stderr))  # stdout belongs to the access log
+    master.addons.add(*make_addons())
+    try:
+        opts.set(*mitm_options)
+        opts.update(**nsp_options)
+    except exceptions.OptionsError as exc:
+        print(f"nsp-proxy: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    await master.run()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""Reading a configuration file into a validated ``Config``.
+
+Two ways in, one way through: the native YAML (flat Azure property names; ARM's ``properties:`` wrapper is
+lifted), or an ARM template/export referenced by ``arm:`` with ``bindings:`` for the local endpoints (see
+``proxy.arm``). Both become the same plain document, which is checked first against the JSON Schema in
+``proxy/data`` (structure, unknown keys) and then here (CIDRs, GUIDs, one kind of match per rule, references,
+duplicates, Azure's limits). Every problem is collected and reported with the file and field path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from proxy import arm
+from proxy.errors import ConfigError, Problem
+from proxy.model import (
+    AccessMode,
+    AccessRule,
+    Association,
+    Config,
+    Direction,
+    LocalBinding,
+    Perimeter,
+    Profile,
+    Settings,
+)
+from proxy.normalize import (
+    normalize_fqdn_rule,
+    normalize_hostname,
+    normalize_subscription,
+    parse_endpoint,
+    parse_prefix,
+)
+
+# Azure's documented limits (FACTS.md, "Limits").
+MAX_PERIMETERS_PER_SUBSCRIPTION = 100
+MAX_PROFILES_PER_PERIMETER = 200
+MAX_RULE_ELEMENTS_PER_PROFILE = 200
+
+DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+DEFAULT_RESOURCE_GROUP = "nsp-proxy"
+MATCH_KINDS = (
+    "addressPrefixes",
+    "subscriptions",
+    "fullyQualifiedDomainNames",
+    "networkSecurityPerimeters",
+    "emailAddresses",
+    "phoneNumbers",
+    "serviceTags",
+)
+UNSUPPORTED_KINDS = ("emailAddresses", "phoneNumbers", "serviceTags")
+LIFTED = ("perimeters", "profiles", "accessRules", "resourceAssociations")
+
+
+@cache
+def schema() -> dict[str, Any]:
+    text = resources.files("proxy").joinpath("data/nsp-proxy.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def load_config(path: str | Path) -> Config:
+    """Load, validate and return the configuration at ``path``; raise ``ConfigError`` if it is not usable."""
+    file = Path(path)
+    source = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [Problem("", f"cannot read file: {exc.strerror or exc}")]) from None
+    return parse_config_text(text, source, base_dir=file.parent)
+
+
+def parse_config_text(text: str, source: str, base_dir: Path | None = None) -> Config:
+    try:
+        document = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(source, [Problem(where, f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}")]) from None
+    if not isinstance(document, dict):
+        raise ConfigError(source, [Problem("", "expected a mapping with 'perimeters' (or 'arm' and 'bindings')")])
+    if arm.looks_like_arm(document):
+        raise ConfigError(
+            source,
+            [Problem("", "this is an ARM template/export; reference it from a YAML file with "
+                         "'arm: <file>' and give 'bindings:' for the local endpoints (see README)")],
+        )
+    return _Validator(source, base_dir or Path(".")).run(document)
+
+
+class _Validator:
+    """Collects problems while turning a plain document into a ``Config``."""
+
+    def __init__(self, source: str, base_dir: Path):
+        self.source = source
+        self.base_dir = base_dir
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        self.path_names: dict[str, str] = {}  # native path prefix -> where it came from in an ARM file
+        self.files: list[str] = [source]
+
+    def fail(self, path: str, reason: str) -> None:
+        self.problems.append(Problem(self._origin(path), reason))
+
+    def _origin(self, path: str) -> str:
+        best = ""
+        for prefix in self.path_names:
+            if (path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")) and len(
+                prefix
+            ) > len(best):
+                best = prefix
+        return path if not best else self.path_names[best] + path[len(best) :]
+
+    def attempt(self, path: str, parse: Callable[[Any], Any], value: Any) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return None
+
+    def run(self, document: dict[str, Any]) -> Config:
+        document = self._lift_properties(document, "")
+        if "arm" in document:
+            document = self._import_arm(document)
+        self._check_schema(document)
+        if self.problems:
+            raise ConfigError(self.source, self.problems)
+        settings = self._settings(document.get("settings") or {})
+        perimeters = tuple(
+            self._perimeter(p, f"perimeters[{i}]") for i, p in enumerate(document.get("perimeters") or [])
+        )
+        if not perimeters:
+            self.fail("perimeters", "at least one perimeter is required")
+        self._check_global(perimeters, settings, document)
+        if self.problems:
+            raise ConfigError(self.source, self.problems)
+        return Config(self.source, settings, perimeters, tuple(self.warnings), tuple(self.files))
+
+    # -- structure -------------------------------------------------------------------------------------------
+
+    def _lift_properties(self, node: Any, path: str) -> Any:
+        """Accept ARM's ``{name, properties: {...}}`` by merging ``properties`` into its parent object."""
+        if isinstance(node, list):
+            return [self._lift_properties(item, f"{path}[{i}]") for i, item in enumerate(node)]
+        if not isinstance(node, dict):
+            return node
+        result = {k: v for k, v in node.items() if k != "properties"}
+        inner = node.get("properties")
+        if isinstance(inner, dict) and path.rsplit(".", 1)[-1].split("[")[0] in LIFTED:
+            for key, value in inner.items():
+                if key in result:
+                    self.fail(f"{path}.properties.{key}", f"'{key}' is given both inside and outside 'properties'")
+                result[key] = value
+        elif "properties" in node:
+            result["properties"] = inner
+        return {
+            k: self._lift_properties(v, f"{path}.{k}" if path else k) if k in LIFTED else v
+            for k, v in result.items()
+        }
+
+    def _import_arm(self, document: dict[str, Any]) -> dict[str, Any]:
+        arm_path = self.base_dir / str(document["arm"])
+        self.files.append(str(arm_path))
+        try:
+            converted, origins = arm.convert_file(arm_path, document.get("bindings") or {})
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+            raise ConfigError(exc.source, exc.problems) from None
+        self.path_names.update({k: f"{arm_path.name}:{v}" for k, v in origins.items()})
+        rest = {k: v for k, v in document.items() if k not in ("arm", "bindings")}
+        return {**rest, **converted}
+
+    def _check_schema(self, document: dict[str, Any]) -> None:
+        validator = jsonschema.Draft202012Validator(schema())
+        for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
+            self.fail(_json_path(error.absolute_path), _schema_message(error))
+
+    # -- objects ---------------------------------------------------------------------------------------------
+
+    def _settings(self, raw: dict[str, Any]) -> Settings:
+        base = Settings()
+        dns = raw.get("dns") or {}
+        metrics = self._optional_endpoint("settings.metrics", raw, "metrics", base.metrics_listen_host,
+                                          base.metrics_listen_port)
+        outbound = self._optional_endpoint("settings.outbound", raw, "outbound", None, None)
+        nameservers = tuple(
+            ns for i, item in enumerate(dns.get("nameservers") or [])
+            if (ns := self.attempt(f"settings.dns.nameservers[{i}]", _nameserver, item)) is not None
+        )
+        return Settings(
+            subscription_header=str(raw.get("subscriptionHeader", base.subscription_header)).lower(),
+            trusted_proxies=self._prefixes("settings.trustedProxies", raw.get("trustedProxies")),
+            access_log=str(raw.get("accessLog", base.access_log)),
+            metrics_listen_host=metrics[0],
+            metrics_listen_port=metrics[1],
+            nameservers=nameservers,
+            dns_timeout=float(dns.get("timeout", base.dns_timeout)),
+            outbound_listen_host=outbound[0],
+            outbound_listen_port=outbound[1],
+            blocked_destination_prefixes=self._prefixes(
+                "settings.blockedDestinationPrefixes", raw.get("blockedDestinationPrefixes")
+            ),
+        )
+
+    def _optional_endpoint(
+        self, path: str, raw: dict[str, Any], key: str, host: str | None, port: int | None
+    ) -> tuple[str | None, int | None]:
+        if key not in raw:
+            return host, port
+        if raw[key] is None:
+            return None, None
+        parsed = self.attempt(path, parse_endpoint, raw[key])
+        return parsed if parsed else (None, None)
+
+    def _prefixes(self, path: str, items: list[str] | None) -> tuple:
+        parsed = (self.attempt(f"{path}[{i}]", parse_prefix, item) for i, item in enumerate(items or []))
+        return tuple(p for p in parsed if p is not None)
+
+    def _perimeter(self, raw: dict[str, Any], path: str) -> Perimeter:
+        name = raw["name"]
+        subscription = self.attempt(f"{path}.subscriptionId", normalize_subscription,
+                                    raw.get("subscriptionId", DEFAULT_SUBSCRIPTION))
+        group = raw.get("resourceGroup", DEFAULT_RESOURCE_GROUP)
+        resource_id = raw.get("id") or (
+            f"/subscriptions/{subscription}/resourceGroups/{group}"
+            f"/providers/Microsoft.Network/networkSecurityPerimeters/{name}"
+        )
+        profiles = tuple(
+            self._profile(p, f"{path}.profiles[{i}]") for i, p in enumerate(raw.get("profiles") or [])
+        )
+        self._unique(path, "profiles", [p.name for p in profiles], "profile")
+        if len(profiles) > MAX_PROFILES_PER_PERIMETER:
+            self.fail(f"{path}.profiles", f"{len(profiles)} profiles; Azure allows at most "
+                                          f"{MAX_PROFILES_PER_PERIMETER} per perimeter")
+        profile_names = {p.name.lower(): p.name for p in profiles}
+        associations = tuple(
+            self._association(a, f"{path}.resourceAssociations[{i}]", name, profile_names)
+            for i, a in enumerate(raw.get("resourceAssociations") or [])
+        )
+        self._unique(path, "resourceAssociations", [a.name for a in associations], "resource association")
+        return Perimeter(name, str(raw.get("location", "local")), resource_id, profiles, associations)
+
+    def _profile(self, raw: dict[str, Any], path: str) -> Profile:
+        rules = tuple(
+            rule for i, r in enumerate(raw.get("accessRules") or [])
+            if (rule := self._rule(r, f"{path}.accessRules[{i}]")) is not None
+        )
+        self._unique(path, "accessRules", [r.name for r in rules], "access rule")
+        elements = sum(r.element_count for r in rules)
+        if elements > MAX_RULE_ELEMENTS_PER_PROFILE:
+            self.fail(f"{path}.accessRules", f"{elements} rule elements; Azure allows at most "
+                                             f"{MAX_RULE_ELEMENTS_PER_PROFILE} per profile")
+        return Profile(raw["name"], rules)
+
+    def _rule(self, raw: dict[str, Any], path: str) -> AccessRule | None:
+        direction = Direction(raw["direction"])
+        kinds = [k for k in MATCH_KINDS if raw.get(k)]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            self.fail(path, f"an access rule needs exactly one kind of match ({', '.join(MATCH_KINDS[:3])}, ...); "
+                            f"found: {found}")
+            return None
+        kind = kinds[0]
+        allowed = {
+            "addressPrefixes": Direction.INBOUND, "subscriptions": Direction.INBOUND,
+            "networkSecurityPerimeters": Direction.INBOUND, "fullyQualifiedDomainNames": Direction.OUTBOUND,
+            "emailAddresses": Direction.OUTBOUND, "phoneNumbers": Direction.OUTBOUND,
+        }.get(kind)
+        if allowed is not None and allowed is not direction:
+            self.fail(f"{path}.{kind}", f"'{kind}' is only valid in {allowed.value} rules, "
+                                        f"this rule's direction is {direction.value}")
+            return None
+        values = raw[kind]
+        at = [f"{path}.{kind}[{i}]" for i in range(len(values))]
+        name = raw["name"]
+        if kind == "addressPrefixes":
+            return AccessRule(name, direction, address_prefixes=self._prefixes(f"{path}.{kind}", values))
+        if kind == "subscriptions":
+            subs = [self.attempt(p, normalize_subscription, _ref_id(v)) for p, v in zip(at, values, strict=True)]
+            return AccessRule(name, direction, subscriptions=tuple(s for s in subs if s))
+        if kind == "fullyQualifiedDomainNames":
+            fqdns = [self.attempt(p, normalize_fqdn_rule, v) for p, v in zip(at, values, strict=True)]
+            return AccessRule(name, direction, fqdns=tuple(f for f in fqdns if f))
+        if kind == "networkSecurityPerimeters":
+            return AccessRule(name, direction, perimeters=tuple(_ref_id(v).strip().lower() for v in values))
+        self.warnings.append(f"{path}: '{kind}' rules are accepted but never match in nsp-proxy "
+                             f"(they need Azure services that a local proxy cannot see)")
+        return AccessRule(name, direction, unsupported_kind=kind)
+
+    def _association(
+        self, raw: dict[str, Any], path: str, perimeter: str, profiles: dict[str, str]
+    ) -> Association:
+        profile_ref = _ref_id(raw["profile"]).rstrip("/").rsplit("/", 1)[-1]
+        profile = profiles.get(profile_ref.lower())
+        if profile is None:
+            known = ", ".join(sorted(profiles.values())) or "none defined"
+            self.fail(f"{path}.profile", f"unknown profile {profile_ref!r} in perimeter {perimeter!r} "
+                                         f"(profiles: {known})")
+        mode = AccessMode.parse(raw.get("accessMode", "Learning"))
+        local = self._local(raw.get("local") or {}, f"{path}.local")
+        resource_id = _ref_id(raw["privateLinkResource"]).strip()
+        if "/providers/" not in resource_id.lower():
+            self.fail(f"{path}.privateLinkResource.id", f"{resource_id!r} is not an Azure resource ID "
+                                                        "(expected /subscriptions/.../providers/...)")
+        return Association(raw["name"], perimeter, resource_id, profile or profile_ref, mode, local)
+
+    def _local(self, raw: dict[str, Any], path: str) -> LocalBinding:
+        listen = self.attempt(f"{path}.listen", parse_endpoint, raw["listen"]) if "listen" in raw else None
+        outbound = (
+            self.attempt(f"{path}.outboundListen", parse_endpoint, raw["outboundListen"])
+            if "outboundListen" in raw else None
+        )
+        upstream = raw.get("upstream")
+        if listen and not upstream:
+            self.fail(f"{path}.upstream", "a resource with 'listen' needs an 'upstream' (URL or builtin:demo)")
+        if upstream and not _valid_upstream(upstream):
+            self.fail(f"{path}.upstream", f"{upstream!r} is not http(s)://host:port or builtin:demo")
+        fqdns = [
+            self.attempt(f"{path}.serviceFqdns[{i}]", normalize_hostname, f)
+            for i, f in enumerate(raw.get("serviceFqdns") or [])
+        ]
+        return LocalBinding(
+            listen_host=listen[0] if listen else None,
+            listen_port=listen[1] if listen else None,
+            upstream=upstream,
+            service_fqdns=tuple(f for f in fqdns if f),
+            outbound_listen_host=outbound[0] if outbound else None,
+            outbound_listen_port=outbound[1] if outbound else None,
+            outbound_source_prefixes=self._prefixes(f"{path}.outboundSourcePrefixes",
+                                                    raw.get("outboundSourcePrefixes")),
+            private_endpoint_prefixes=self._prefixes(f"{path}.privateEndpointPrefixes",
+                                                     raw.get("privateEndpointPrefixes")),
+            public_network_access=raw.get("publicNetworkAccess", "Enabled") == "Enabled",
+            resource_ip_rules=self._prefixes(f"{path}.resourceIpRules", raw.get("resourceIpRules")),
+            trust_subscription_header=bool(raw.get("trustSubscriptionHeader", True)),
+        )
+
+    # -- cross-object checks ---------------------------------------------------------------------------------
+
+    def _unique(self, path: str, key: str, names: list[str], what: str) -> None:
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            folded = name.lower()  # Azure resource names are case-insensitive
+            if folded in seen:
+                self.fail(f"{path}.{key}[{i}].name", f"duplicate {what} name {name!r} "
+                                                     f"(also at {key}[{seen[folded]}])")
+            seen.setdefault(folded, i)
+
+    def _check_global(self, perimeters: tuple[Perimeter, ...], settings: Settings, raw: dict[str, Any]) -> None:
+        self._unique("", "perimeters", [p.name for p in perimeters], "perimeter")
+        per_subscription: dict[str, int] = {}
+        for perimeter in perimeters:
+            sub = perimeter.resource_id.lower().split("/")[2] if perimeter.resource_id.count("/") > 2 else ""
+            per_subscription[sub] = per_subscription.get(sub, 0) + 1
+        for sub, count in per_subscription.items():
+            if count > MAX_PERIMETERS_PER_SUBSCRIPTION:
+                self.fail("perimeters", f"{count} perimeters in subscription {sub}; Azure allows at most "
+                                        f"{MAX_PERIMETERS_PER_SUBSCRIPTION}")
+        listeners: dict[int, str] = {}
+        if settings.metrics_listen_port:
+            listeners[settings.metrics_listen_port] = "settings.metrics"
+        if settings.outbound_listen_port:
+            self._claim(listeners, settings.outbound_listen_port, "settings.outbound")
+        resources: dict[str, str] = {}
+        for pi, perimeter in enumerate(perimeters):
+            for ai, assoc in enumerate(perimeter.associations):
+                path = f"perimeters[{pi}].resourceAssociations[{ai}]"
+                if assoc.local.listen_port:
+                    self._claim(listeners, assoc.local.listen_port, f"{path}.local.listen")
+                if assoc.local.outbound_listen_port:
+                    self._claim(listeners, assoc.local.outbound_listen_port, f"{path}.local.outboundListen",
+                                shareable=True)
+                folded = assoc.resource_id.lower()
+                if folded in resources:
+                    self.fail(f"{path}.privateLinkResource.id", f"resource is already associated at "
+                                                                f"{resources[folded]}")
+                resources.setdefault(folded, path)
+        names = [a.name for p in perimeters for a in p.associations]
+        if len({n.lower() for n in names}) != len(names):
+            dupes = sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1})
+            self.fail("perimeters", f"resource association names must be unique across perimeters "
+                                    f"(they label logs and metrics): {', '.join(dupes)}")
+
+    def _claim(self, listeners: dict[int, str], port: int, path: str, shareable: bool = False) -> None:
+        owner = listeners.get(port)
+        if owner and not (shareable and owner.endswith(".outboundListen")):
+            self.fail(path, f"port {port} is already used by {owner}")
+        listeners.setdefault(port, path)
+
+
+def _ref_id(value: Any) -> str:
+    return str(value.get("id", "")) if isinstance(value, dict) else str(value)
+
+
+def _nameserver(value: str | int) -> tuple[str, int]:
+    """A nameserver is an IP address (port 53) or an ``ip:port`` / ``[v6]:port`` endpoint."""
+    text = str(value).strip()
+    try:
+        return str(ipaddress.ip_address(text.strip("[]"))), 53
+    except ValueError:
+        return parse_endpoint(text)
+
+
+def _valid_upstream(text: str) -> bool:
+    if text == "builtin:demo":
+        return True
+    scheme, sep, rest = text.partition("://")
+    return bool(sep) and scheme in ("http", "https") and bool(rest.strip("/"))
+
+
+def _json_path(parts: Any) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"{error.message} (allowed: {', '.join(allowed)})"
+    if error.validator == "pattern" and error.schema.get("pattern", "").startswith("^[A-Za-z0-9]("):
+        return (f"{error.instance!r} is not a valid Azure resource name (1-80 characters: letters, digits, "
+                "'_', '.', '-'; starts with a letter or digit)")
+    if error.validator == "oneOf":
+        return f"{error.instance!r} has the wrong shape (expected {{id: ...}} or a string)"
+    return error.message

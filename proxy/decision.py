@@ -1,0 +1,57 @@
+"""Facts in, decision out: the value types that cross the boundary between the proxy and the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.model import AccessMode, Direction
+from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
+
+
+@dataclass(frozen=True)
+class InboundFacts:
+    """What the proxy knows about a request to an associated resource, before it is forwarded."""
+
+    resource: str  # association name (from the listener the request arrived on)
+    source_ip: str  # effective client address (socket peer, or X-Forwarded-For behind a trusted proxy)
+    source_port: int = 0
+    subscription: str | None = None  # as sent by the caller; normalised by the engine
+    protocol: str = "HTTP"
+    operation: str = ""  # e.g. "PUT /container/blob"
+    host: str = ""  # Host header, for the log only
+
+
+@dataclass(frozen=True)
+class OutboundFacts:
+    """What the proxy knows about a connection a resource wants to make to the outside."""
+
+    resource: str | None  # association name, None when the caller is not a perimeter resource
+    source_ip: str
+    destination_host: str  # absolute-URI or CONNECT host, as sent
+    destination_port: int
+    source_port: int = 0
+    protocol: str = "HTTPS"  # HTTP (plain forward), HTTPS (CONNECT), TCP
+    host_header: str | None = None  # Host header of a plain request, when it differs it is an anomaly
+    sni: str | None = None  # TLS server name seen inside a CONNECT tunnel
+    blocked_address: str | None = None  # the destination resolved into settings.blockedDestinationPrefixes
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An immutable verdict. ``allowed`` is what the proxy does; ``would_deny`` what Enforced mode would do."""
+
+    direction: Direction
+    allowed: bool
+    would_deny: bool
+    category: Category
+    result_action: ResultAction
+    mode: AccessMode | None  # None: the caller maps to no association
+    traffic_type: TrafficType
+    rule_type: RuleType
+    matched_rule: str | None
+    profile: str | None
+    resource: str | None  # association name
+    perimeter: str | None
+    reason: str
+    generation: int
+    error: str | None = None  # set when the engine failed and this decision is the fail-safe one

@@ -1,0 +1,264 @@
+"""The decision engine: facts in, one rule evaluation, the mode chooses the outcome.
+
+Evaluation (``_evaluate_*``) answers "what allows this, if anything" without looking at the mode; ``_outcome``
+turns that answer into a ``Decision`` for the association's mode. This keeps Transition and Audit honest: they
+log exactly what Enforced would have decided, because it is the same evaluation.
+
+Any exception while deciding yields a denial for Enforced (and for callers no association claims), and an
+allowed-but-flagged decision for Transition/Audit, which never block (brief: "fails closed").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from proxy.decision import Decision, InboundFacts, OutboundFacts
+from proxy.model import AccessMode, Direction
+from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription
+from proxy.policy import CompiledAssociation, Policy
+from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """The mode-independent result of evaluating the rules."""
+
+    allowed_by: RuleType  # RuleType.NONE: nothing allows it
+    traffic_type: TrafficType
+    matched_rule: str | None
+    reason: str
+
+
+def decide_inbound(policy: Policy, facts: InboundFacts) -> Decision:
+    compiled = policy.association(facts.resource)
+    try:
+        if compiled is None:
+            raise LookupError(f"no resource association named {facts.resource!r}")
+        return _outcome(policy, compiled, Direction.INBOUND, _evaluate_inbound(policy, compiled, facts), facts)
+    except Exception as exc:
+        return _failure(policy, compiled, Direction.INBOUND, exc)
+
+
+def decide_outbound(policy: Policy, facts: OutboundFacts) -> Decision:
+    compiled = policy.association(facts.resource)
+    try:
+        if compiled is None:
+            return _unattributed(policy, facts)
+        if facts.blocked_address:
+            return _blocked_destination(policy, compiled, facts)
+        return _outcome(policy, compiled, Direction.OUTBOUND, _evaluate_outbound(policy, compiled, facts), facts)
+    except Exception as exc:
+        return _failure(policy, compiled, Direction.OUTBOUND, exc)
+
+
+def attribute_outbound(policy: Policy, listen_port: int, source_ip: str) -> str | None:
+    """Which association is speaking on forward-proxy port ``listen_port`` from ``source_ip``."""
+    listener = policy.outbound_ports.get(listen_port)
+    if listener is None:
+        return None
+    return listener.by_source.lookup(_address(source_ip)) or listener.dedicated
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+
+
+def _evaluate_inbound(policy: Policy, compiled: CompiledAssociation, facts: InboundFacts) -> _Verdict:
+    source = _address(facts.source_ip)
+    if source is None:
+        return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None, f"source address {facts.source_ip!r} is not an IP")
+    if compiled.private_endpoints.lookup(source):
+        return _Verdict(RuleType.PRIVATE_ENDPOINT, TrafficType.PRIVATE, None, "private endpoint traffic")
+    own_perimeter = compiled.perimeter.name
+    members = list(policy.member_sources.lookup_all(source))
+    for perimeter, member in members:
+        if perimeter.name == own_perimeter:
+            return _Verdict(RuleType.INTRA_PERIMETER, TrafficType.INTRA, None,
+                            f"caller is {member!r}, a member of perimeter {own_perimeter!r}")
+    rule = compiled.inbound_prefixes.lookup(source)
+    if rule:
+        return _Verdict(RuleType.ADDRESS_PREFIXES, TrafficType.PUBLIC, rule, f"source {source} matches rule {rule!r}")
+    subscription = _subscription(facts.subscription)
+    if subscription and (rule := compiled.inbound_subscriptions.get(subscription)):
+        return _Verdict(RuleType.SUBSCRIPTIONS, TrafficType.PUBLIC, rule,
+                        f"subscription {subscription} matches rule {rule!r}")
+    for perimeter, member in members:
+        rule = compiled.inbound_perimeters.get(perimeter.resource_id.lower()) or compiled.inbound_perimeters.get(
+            perimeter.name.lower())
+        if rule:
+            return _Verdict(RuleType.PERIMETERS, TrafficType.CROSS, rule,
+                            f"caller {member!r} is in perimeter {perimeter.name!r}, allowed by rule {rule!r}")
+    said = f" or subscription {subscription}" if subscription else ""
+    return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None, f"no inbound rule allows source {source}{said}")
+
+
+def _evaluate_outbound(policy: Policy, compiled: CompiledAssociation, facts: OutboundFacts) -> _Verdict:
+    host = facts.destination_host.strip().strip("[]")
+    if is_ip_literal(host):
+        member = policy.member_endpoints.get((host, facts.destination_port))
+        if member and member.perimeter == compiled.perimeter.name:
+            return _Verdict(RuleType.INTRA_PERIMETER, TrafficType.INTRA, None,
+                            f"destination is {member.name!r}, a member of the perimeter")
+        return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None,
+                        f"IP-literal destination {host}: outbound rules allow FQDNs only")
+    name = normalize_hostname(host)
+    for label, other in (("Host header", facts.host_header), ("TLS SNI", facts.sni)):
+        if other is not None and _host_only(other) != name:
+            return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None,
+                            f"{label} {other!r} differs from the destination {name!r}")
+    member = policy.member_fqdns.lookup(name)
+    if member and member.perimeter == compiled.perimeter.name:
+        return _Verdict(RuleType.INTRA_PERIMETER, TrafficType.INTRA, None,
+                        f"destination is {member.name!r}, a member of the perimeter")
+    rule = compiled.outbound_fqdns.lookup(name)
+    if rule:
+        return _Verdict(RuleType.FQDNS, TrafficType.PUBLIC, rule, f"{name} matches rule {rule!r}")
+    return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None, f"no outbound rule allows {name}")
+
+
+# -- outcome by mode -----------------------------------------------------------------------------------------
+
+_ALLOWED = {
+    (Direction.INBOUND, RuleType.PRIVATE_ENDPOINT): Category.PRIVATE_INBOUND_ALLOWED,
+    (Direction.INBOUND, RuleType.INTRA_PERIMETER): Category.INTRA_PERIMETER_INBOUND_ALLOWED,
+    (Direction.INBOUND, RuleType.PERIMETERS): Category.CROSS_PERIMETER_INBOUND_ALLOWED,
+    (Direction.INBOUND, RuleType.ADDRESS_PREFIXES): Category.PUBLIC_INBOUND_PERIMETER_ALLOWED,
+    (Direction.INBOUND, RuleType.SUBSCRIPTIONS): Category.PUBLIC_INBOUND_PERIMETER_ALLOWED,
+    (Direction.OUTBOUND, RuleType.INTRA_PERIMETER): Category.OUTBOUND_ATTEMPT,
+    (Direction.OUTBOUND, RuleType.FQDNS): Category.PUBLIC_OUTBOUND_PERIMETER_ALLOWED,
+}
+_PERIMETER_DENIED = {
+    Direction.INBOUND: Category.PUBLIC_INBOUND_PERIMETER_DENIED,
+    Direction.OUTBOUND: Category.PUBLIC_OUTBOUND_PERIMETER_DENIED,
+}
+_RESOURCE_RULES = {
+    (Direction.INBOUND, True): Category.PUBLIC_INBOUND_RESOURCE_ALLOWED,
+    (Direction.INBOUND, False): Category.PUBLIC_INBOUND_RESOURCE_DENIED,
+    (Direction.OUTBOUND, True): Category.PUBLIC_OUTBOUND_RESOURCE_ALLOWED,
+    (Direction.OUTBOUND, False): Category.PUBLIC_OUTBOUND_RESOURCE_DENIED,
+}
+
+
+def _outcome(
+    policy: Policy,
+    compiled: CompiledAssociation,
+    direction: Direction,
+    verdict: _Verdict,
+    facts: InboundFacts | OutboundFacts,
+) -> Decision:
+    assoc = compiled.association
+    mode = assoc.mode
+    common = {
+        "direction": direction, "mode": mode, "traffic_type": verdict.traffic_type, "profile": compiled.profile.name,
+        "resource": assoc.name, "perimeter": compiled.perimeter.name, "generation": policy.generation,
+        "matched_rule": verdict.matched_rule,
+    }
+    if verdict.allowed_by is not RuleType.NONE:
+        return Decision(allowed=True, would_deny=False, category=_ALLOWED[(direction, verdict.allowed_by)],
+                        result_action=ResultAction.APPROVED, rule_type=verdict.allowed_by, reason=verdict.reason,
+                        **common)
+    if mode is AccessMode.ENFORCED:
+        return Decision(allowed=False, would_deny=True, category=_PERIMETER_DENIED[direction],
+                        result_action=ResultAction.DENIED, rule_type=RuleType.NONE,
+                        reason=f"Enforced: {verdict.reason}", **common)
+    if mode is AccessMode.AUDIT:
+        return Decision(allowed=True, would_deny=True, category=_PERIMETER_DENIED[direction],
+                        result_action=ResultAction.DENIED, rule_type=RuleType.NONE,
+                        reason=f"Audit (not blocked): {verdict.reason}", **common)
+    resource_allows = _resource_rules_allow(compiled, direction, facts)
+    return Decision(
+        allowed=resource_allows, would_deny=True, category=_RESOURCE_RULES[(direction, resource_allows)],
+        result_action=ResultAction.APPROVED if resource_allows else ResultAction.DENIED,
+        rule_type=RuleType.RESOURCE_RULES,
+        reason=f"Transition: {verdict.reason}; the resource's own network rules "
+               f"{'allow' if resource_allows else 'deny'} it (Enforced would deny)",
+        **common,
+    )
+
+
+def _resource_rules_allow(compiled: CompiledAssociation, direction: Direction, facts: object) -> bool:
+    """The resource's own settings, which Transition mode falls back to (FACTS.md, Decisions).
+
+    Outbound, PaaS resources have no firewall of their own, so they allow. Inbound, ``publicNetworkAccess``
+    must be Enabled and, if the resource lists IP rules, the caller must match one.
+    """
+    if direction is Direction.OUTBOUND:
+        return True
+    local = compiled.association.local
+    if not local.public_network_access:
+        return False
+    if not compiled.resource_ip_rules:
+        return True
+    return bool(compiled.resource_ip_rules.lookup(_address(getattr(facts, "source_ip", ""))))
+
+
+def _unattributed(policy: Policy, facts: OutboundFacts) -> Decision:
+    return Decision(
+        direction=Direction.OUTBOUND, allowed=False, would_deny=True,
+        category=Category.PUBLIC_OUTBOUND_PERIMETER_DENIED, result_action=ResultAction.DENIED, mode=None,
+        traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE, matched_rule=None, profile=None, resource=None,
+        perimeter=None, generation=policy.generation,
+        reason=f"caller {facts.source_ip} is not a resource of any perimeter on this listener "
+               "(set outboundSourcePrefixes or outboundListen)",
+    )
+
+
+def _blocked_destination(policy: Policy, compiled: CompiledAssociation, facts: OutboundFacts) -> Decision:
+    """``blockedDestinationPrefixes`` is nsp-proxy's own guard (metadata endpoints, DNS rebinding to private
+    ranges): it is not an NSP rule and applies in every mode, Transition included."""
+    return Decision(
+        direction=Direction.OUTBOUND, allowed=False, would_deny=True,
+        category=Category.PUBLIC_OUTBOUND_PERIMETER_DENIED, result_action=ResultAction.DENIED,
+        mode=compiled.association.mode, traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE,
+        matched_rule=None, profile=compiled.profile.name, resource=compiled.association.name,
+        perimeter=compiled.perimeter.name, generation=policy.generation,
+        reason=f"{facts.destination_host} resolves to {facts.blocked_address}, "
+               "which is in settings.blockedDestinationPrefixes (blocked in every mode)",
+    )
+
+
+def _failure(policy: Policy, compiled: CompiledAssociation | None, direction: Direction, exc: Exception) -> Decision:
+    mode = compiled.association.mode if compiled else None
+    blocks = mode in (None, AccessMode.ENFORCED)
+    return Decision(
+        direction=direction, allowed=not blocks, would_deny=True, category=_PERIMETER_DENIED[direction],
+        result_action=ResultAction.DENIED, mode=mode, traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE,
+        matched_rule=None, profile=compiled.profile.name if compiled else None,
+        resource=compiled.association.name if compiled else None,
+        perimeter=compiled.perimeter.name if compiled else None, generation=policy.generation,
+        reason=f"error while deciding ({'denied: fail closed' if blocks else 'not blocked in ' + mode.value})",
+        error=f"{type(exc).__name__}: {exc}",
+    )
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _subscription(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return normalize_subscription(value)
+    except ValueError:
+        return None
+
+
+def _host_only(value: str) -> str:
+    """``Example.com:443`` -> ``example.com``; IP literals and odd input are returned folded, never raised."""
+    text = value.strip()
+    if text.startswith("["):
+        return text[1 : text.find("]")] if "]" in text else text
+    host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    try:
+        return normalize_hostname(host)
+    except ValueError:
+        return host.lower()
