@@ -82,7 +82,9 @@ class NspLifecycle:
             self.demo = DemoBackend().start()
         modes = mitmproxy_modes(config, self.demo.url if self.demo else None)
         if modes and list(ctx.options.mode) != modes:
-            ctx.options.update(mode=modes)
+            # lazy: no upstream connection is opened before a request has been decided, so a denied caller
+            # never causes as much as a TCP handshake with the resource behind the proxy.
+            ctx.options.update(mode=modes, connection_strategy="lazy")
 
 
 def _overrides(access_log: str, metrics: str) -> Overrides:

@@ -52,10 +52,12 @@ class OutboundGate:
         facts = self._facts(runtime, flow.client_conn, flow.request.host, flow.request.port, "HTTPS")
         decision = await self._decide(runtime, flow.client_conn, facts, f"CONNECT {flow.request.host}:"
                                                                          f"{flow.request.port}")
-        if decision.allowed:
-            self.tunnels[flow.client_conn.id] = facts
-        else:
+        if not decision.allowed:
             self._deny(flow, facts, decision)
+        elif not self._pinned(flow.client_conn, facts):
+            self._unreachable(flow, facts)
+        else:
+            self.tunnels[flow.client_conn.id] = facts
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         runtime = self._runtime_for(flow.client_conn)
@@ -77,6 +79,8 @@ class OutboundGate:
                                                                             f"{request.host}:{request.port}")
         if not decision.allowed:
             self._deny(flow, facts, decision)
+        elif tunnel is None and not self._pinned(flow.client_conn, facts):
+            self._unreachable(flow, facts)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         tunnel = self.tunnels.get(nextlayer.context.client.id)
@@ -159,6 +163,17 @@ class OutboundGate:
                     details["resolvedAddresses"] = ",".join(addresses)
         runtime.record(decision, facts, operation=operation, destination_parameters=details)
         return decision
+
+    def _pinned(self, client: connection.Client, facts: OutboundFacts) -> bool:
+        key = (facts.destination_host.strip("[]").lower(), facts.destination_port)
+        return key in self.pins.get(client.id, {})
+
+    @staticmethod
+    def _unreachable(flow: http.HTTPFlow, facts: OutboundFacts) -> None:
+        """Allowed, but the name has no address to dial: say so now rather than accept a dead tunnel."""
+        text = (f"nsp-proxy: {facts.destination_host} could not be resolved; "
+                "see the access log's DestinationParameters\n")
+        flow.response = http.Response.make(502, text.encode(), {"content-type": "text/plain; charset=utf-8"})
 
     @staticmethod
     def _deny(flow: http.HTTPFlow, facts: OutboundFacts, decision: Decision) -> None:

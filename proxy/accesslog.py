@@ -59,7 +59,7 @@ def build_record(
         Field.RESULT_DIRECTION: decision.direction.value,
         Field.RESULT_DESCRIPTION: description,
         Field.RULE_TYPE: decision.rule_type.value,
-        Field.MATCHED_RULE: json.dumps({"accessRule": decision.matched_rule}, separators=(",", ":")) if decision.matched_rule else "",
+        Field.MATCHED_RULE: _params({"accessRule": decision.matched_rule}),
         Field.PROFILE: decision.profile or "",
         Field.ACCESS_RULE_VERSION: str(decision.generation),
         Field.TRAFFIC_TYPE: decision.traffic_type.value,

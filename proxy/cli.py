@@ -240,12 +240,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _serve(nsp_options: dict[str, str], mitm_options: list[str]) -> int:
+    import logging
+
     from mitmproxy import exceptions, options
     from mitmproxy.addons import termlog
     from mitmproxy.tools.dump import DumpMaster
 
     from addons.nsp import make_addons
 
+    logging.getLogger().setLevel(logging.DEBUG)  # as mitmdump does; the terminal log filters by verbosity
+    for noisy in ("tornado", "asyncio", "hpack", "quic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     master.addons.add(termlog.TermLog(out=sys.stderr))  # stdout belongs to the access log

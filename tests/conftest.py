@@ -1,0 +1,48 @@
+"""Fixtures over ``tests/support.py``: each starts a real process and stops it afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Azurite, Dnsmasq, RunningProxy, start_azurite, start_dnsmasq, start_proxy
+
+
+@pytest.fixture
+def nsp_proxy(tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
+    """``nsp_proxy(config, **kw)`` starts ``nsp-proxy run`` and returns a handle; all are stopped at teardown."""
+    started: list[RunningProxy] = []
+
+    def start(config: dict[str, Any] | str, **kwargs: Any) -> RunningProxy:
+        proxy = start_proxy(config, tmp_path / f"proxy{len(started)}", **kwargs)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    server = start_azurite(tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dnsmasq(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Dnsmasq]]:
+    """``dnsmasq({"name.test": "127.0.0.2"})`` starts a DNS server answering those names."""
+    started: list[Dnsmasq] = []
+
+    def start(records: dict[str, str]) -> Dnsmasq:
+        server = start_dnsmasq(records, tmp_path / f"dns{len(started)}")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,330 @@
+"""Real parts for end-to-end tests: the nsp-proxy process, Azurite, dnsmasq, and loopback HTTP(S) servers.
+
+Everything listens on 127.0.0.1 with ports the OS hands out, so tests can run in parallel with anything else
+on the machine. Each process is stopped by the fixture that started it; a process that fails to come up
+raises with its own stderr, so a failing test says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = START_TIMEOUT,
+                  alive: Callable[[], bool] = lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"process died before {host}:{port} opened")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+def require(binary: str, hint: str) -> str:
+    """The path of ``binary``; a clear failure (never a silent skip) when the machine lacks it."""
+    path = shutil.which(binary)
+    if path is None:
+        raise RuntimeError(f"{binary} is not installed ({hint}); .ci/run installs it")
+    return path
+
+
+# -- nsp-proxy ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningProxy:
+    process: subprocess.Popen
+    config_path: Path
+    access_log: Path
+    metrics_port: int
+    stderr_path: Path
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.access_log.exists():
+            return []
+        lines = self.access_log.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def wait_for_records(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records = self.records()
+            if len(records) >= count:
+                return records
+            time.sleep(0.02)
+        raise TimeoutError(f"expected {count} access-log records, have {len(self.records())}")
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels`` (0 when absent)."""
+        total = 0.0
+        for line in self.metrics_text().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name, _, label_text = head.partition("{")
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def write_config(self, config: dict[str, Any] | str) -> None:
+        """Replace the config file atomically (as editors do), so the proxy never reads half a file."""
+        text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.config_path)
+
+    def wait_for_stderr(self, needle: str, timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.stderr()
+            if needle in text:
+                return text
+            time.sleep(0.05)
+        raise TimeoutError(f"{needle!r} not in proxy stderr:\n{self.stderr()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_proxy(config: dict[str, Any] | str, workdir: Path, *, extra_args: list[str] | None = None,
+                wait_ports: list[int] | None = None) -> RunningProxy:
+    """Start ``nsp-proxy run`` on ``config``; access log to a file, metrics on a free port."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "perimeter.yaml"
+    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+    config_path.write_text(text, encoding="utf-8")
+    access_log = workdir / "access.jsonl"
+    metrics_port = free_port()
+    stderr_path = workdir / "proxy.stderr"
+    stderr = stderr_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "run", "--config", str(config_path), "--access-log", str(access_log),
+         "--metrics", f"127.0.0.1:{metrics_port}", *(extra_args or [])],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+    )
+    running = RunningProxy(process, config_path, access_log, metrics_port, stderr_path)
+    ports = [metrics_port, *(wait_ports if wait_ports is not None else listen_ports(text))]
+    try:
+        for port in ports:
+            wait_for_port(port, alive=lambda: process.poll() is None)
+    except (RuntimeError, TimeoutError) as exc:
+        running.stop()
+        raise RuntimeError(f"nsp-proxy did not start: {exc}\n--- stderr ---\n{running.stderr()}") from None
+    return running
+
+
+def listen_ports(config_text: str) -> list[int]:
+    """Every port the configuration asks the proxy to listen on."""
+    document = yaml.safe_load(config_text) or {}
+    ports: list[int] = []
+
+    def port_of(value: Any) -> int:
+        return int(str(value).rsplit(":", 1)[-1])
+
+    outbound = (document.get("settings") or {}).get("outbound")
+    if outbound:
+        ports.append(port_of(outbound))
+    for perimeter in document.get("perimeters") or []:
+        for assoc in perimeter.get("resourceAssociations") or []:
+            local = assoc.get("local") or {}
+            for key in ("listen", "outboundListen"):
+                if key in local:
+                    ports.append(port_of(local[key]))
+    return ports
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# -- Azurite --------------------------------------------------------------------------------------------------
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@dataclass
+class Azurite:
+    process: subprocess.Popen
+    port: int
+    workdir: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_azurite(workdir: Path) -> Azurite:
+    binary = require("azurite-blob", "npm install -g azurite")
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = (workdir / "azurite.log").open("w")
+    process = subprocess.Popen(
+        [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(workdir), "--silent",
+         "--skipApiVersionCheck", "--loose"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port, alive=lambda: process.poll() is None)
+    return Azurite(process, port, workdir)
+
+
+def blob_connection_string(port: int) -> str:
+    """A connection string for Azurite's well-known account, reached at 127.0.0.1:``port`` (the proxy)."""
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+
+
+# -- dnsmasq --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dnsmasq:
+    process: subprocess.Popen
+    port: int
+    records: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def start_dnsmasq(records: dict[str, str], workdir: Path) -> Dnsmasq:
+    """A real DNS server on 127.0.0.1 answering ``records`` (name -> IPv4/IPv6 address) and NXDOMAIN otherwise."""
+    binary = require("dnsmasq", "apt-get install dnsmasq-base")
+    port = free_udp_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    hosts = workdir / "dns.hosts"
+    hosts.write_text("".join(f"{address} {name}\n" for name, address in records.items()))
+    process = subprocess.Popen(
+        [binary, "--keep-in-foreground", "--no-daemon", "--port", str(port), "--listen-address", "127.0.0.1",
+         "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--user=root",
+         "--pid-file=" + str(workdir / "dnsmasq.pid"), "--log-facility=" + str(workdir / "dnsmasq.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    _wait_for_dns(port, next(iter(records)), process)
+    return Dnsmasq(process, port, dict(records))
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_dns(port: int, name: str, process: subprocess.Popen) -> None:
+    import dns.message
+    import dns.query
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"dnsmasq exited: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.3)
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise TimeoutError("dnsmasq did not answer")
+
+
+# -- loopback backends ----------------------------------------------------------------------------------------
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.server.hits.append((self.command, self.path, self.headers.get("host")))  # type: ignore[attr-defined]
+        body = json.dumps({"backend": self.server.name, "path": self.path,  # type: ignore[attr-defined]
+                           "host": self.headers.get("host")}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _answer
+
+
+@dataclass
+class Backend:
+    server: ThreadingHTTPServer
+    name: str
+    port: int
+    host: str
+
+    @property
+    def hits(self) -> list[tuple[str, str, str]]:
+        return self.server.hits  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_backend(name: str, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Backend:
+    """An HTTP (or HTTPS with ``tls``) server that records each request and echoes its Host header."""
+    server = ThreadingHTTPServer((host, 0), _EchoHandler)
+    server.daemon_threads = True
+    server.hits = []  # type: ignore[attr-defined]
+    server.name = name  # type: ignore[attr-defined]
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return Backend(server, name, server.server_address[1], host)
