@@ -8,6 +8,8 @@ instead of forwarding), and the request body is drained, never forwarded.
 from __future__ import annotations
 
 from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.lifecycle import NspLifecycle
 from proxy.clientip import effective_client_ip
@@ -61,6 +63,16 @@ class InboundGate:
                 assoc.resource_id if assoc else "", compiled.perimeter.location if compiled else "",
             )
             flow.response = http.Response.make(denial.status, denial.body, dict(denial.headers))
+
+
+    def server_connect(self, data: ServerConnectionHookData) -> None:
+        """Defence in depth: an inbound listener only ever dials its own upstream."""
+        runtime = self.lifecycle.runtime
+        mode = data.client.proxy_mode
+        if runtime is None or (mode.custom_listen_port or 0) not in runtime.policy.inbound_ports:
+            return
+        if not isinstance(mode, ReverseMode) or data.server.address != mode.address:
+            data.server.error = f"nsp-proxy: an inbound listener only dials its upstream, not {data.server.address}"
 
 
 def _unmap(address: str) -> str:
