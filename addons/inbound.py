@@ -11,6 +11,7 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
+from addons.failsafe import fail_closed_flow
 from addons.lifecycle import NspLifecycle
 from proxy.clientip import effective_client_ip
 from proxy.decision import InboundFacts
@@ -21,6 +22,7 @@ class InboundGate:
     def __init__(self, lifecycle: NspLifecycle):
         self.lifecycle = lifecycle
 
+    @fail_closed_flow
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         runtime = self.lifecycle.runtime
         if runtime is None:

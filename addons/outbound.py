@@ -10,6 +10,7 @@ Hooks, each the earliest that knows its fact:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from mitmproxy import connection, http
@@ -18,13 +19,16 @@ from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
+from addons.failsafe import fail_closed_flow
 from addons.lifecycle import NspLifecycle
 from proxy.decision import Decision, OutboundFacts
 from proxy.denials import outbound_denial
 from proxy.engine import attribute_outbound
-from proxy.normalize import is_ip_literal
+from proxy.normalize import ip_literal_address, is_ip_literal
 from proxy.resolver import ResolutionError
 from proxy.runtime import Runtime
+
+log = logging.getLogger("nsp-proxy")
 
 
 class _Refuse(layer.Layer):
@@ -45,6 +49,7 @@ class OutboundGate:
 
     # -- hooks ------------------------------------------------------------------------------------------------
 
+    @fail_closed_flow
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         runtime = self._runtime_for(flow.client_conn)
         if runtime is None:
@@ -59,6 +64,7 @@ class OutboundGate:
         else:
             self.tunnels[flow.client_conn.id] = facts
 
+    @fail_closed_flow
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         runtime = self._runtime_for(flow.client_conn)
         if runtime is None:
@@ -83,6 +89,13 @@ class OutboundGate:
             self._unreachable(flow, facts)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        try:
+            self._check_tunnel(nextlayer)
+        except Exception:
+            log.exception("nsp-proxy: checking a tunnel's ClientHello failed; closing it")
+            nextlayer.layer = _Refuse(nextlayer.context)
+
+    def _check_tunnel(self, nextlayer: layer.NextLayer) -> None:
         tunnel = self.tunnels.get(nextlayer.context.client.id)
         runtime = self.lifecycle.runtime
         if tunnel is None or runtime is None or len(nextlayer.context.layers) < 2:
@@ -108,10 +121,14 @@ class OutboundGate:
         nextlayer.layer = passthrough if decision.allowed else _Refuse(nextlayer.context)
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
-        if self._runtime_for(data.client) is None or data.server.address is None:
-            return
-        host, port = data.server.address[:2]
-        pinned = self.pins.get(data.client.id, {}).get((str(host).lower(), port))
+        try:
+            if self._runtime_for(data.client) is None or data.server.address is None:
+                return
+            host, port = data.server.address[:2]
+            pinned = self.pins.get(data.client.id, {}).get((str(host).lower(), port))
+        except Exception:
+            log.exception("nsp-proxy: server_connect check failed")
+            pinned, host, port = None, "?", 0
         if pinned is None:
             data.server.error = f"nsp-proxy: no decision allowed a connection to {host}:{port}"
         else:
@@ -149,8 +166,11 @@ class OutboundGate:
         if decision.allowed:
             host = facts.destination_host.strip("[]")
             try:
-                addresses = (host,) if is_ip_literal(host) else await runtime.resolver.resolve(host)
-            except ResolutionError as exc:
+                if is_ip_literal(host):
+                    addresses: tuple[str, ...] = (ip_literal_address(host),)
+                else:
+                    addresses = await runtime.resolver.resolve(host)
+            except (ResolutionError, ValueError) as exc:
                 addresses = ()
                 details["resolutionError"] = str(exc)
             usable = runtime.resolver.usable(addresses)

@@ -36,7 +36,7 @@ def decide_inbound(policy: Policy, facts: InboundFacts) -> Decision:
         if compiled is None:
             raise LookupError(f"no resource association named {facts.resource!r}")
         return _outcome(policy, compiled, Direction.INBOUND, _evaluate_inbound(policy, compiled, facts), facts)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - fail closed
         return _failure(policy, compiled, Direction.INBOUND, exc)
 
 
@@ -48,7 +48,7 @@ def decide_outbound(policy: Policy, facts: OutboundFacts) -> Decision:
         if facts.blocked_address:
             return _blocked_destination(policy, compiled, facts)
         return _outcome(policy, compiled, Direction.OUTBOUND, _evaluate_outbound(policy, compiled, facts), facts)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - fail closed
         return _failure(policy, compiled, Direction.OUTBOUND, exc)
 
 

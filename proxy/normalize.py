@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 from proxy.model import IPNetwork
 
@@ -83,6 +84,20 @@ def is_ip_literal(host: str) -> bool:
     # inet_aton-style forms: 127.1, 0x7f.1, 2130706433: resolvers turn them into addresses without DNS.
     parts = text.rstrip(".").split(".")
     return bool(parts) and len(parts) <= 4 and all(_numeric_part(p) for p in parts)
+
+
+def ip_literal_address(host: str) -> str:
+    """The canonical address of an IP literal, numeric forms included (``2130706433`` -> ``127.0.0.1``),
+    so that what is checked against blocked prefixes and dialled is what a resolver would have made of it."""
+    text = host.strip().strip("[]").split("%", 1)[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    try:
+        return str(ipaddress.IPv4Address(socket.inet_aton(text.rstrip("."))))
+    except OSError:
+        raise ValueError(f"{host!r} is not an IP address") from None
 
 
 def _numeric_part(part: str) -> bool:

@@ -274,7 +274,7 @@ def _wait_for_dns(port: int, name: str, process: subprocess.Popen) -> None:
         try:
             dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.3)
             return
-        except Exception:
+        except Exception:  # noqa: BLE001 - not up yet
             time.sleep(0.05)
     raise TimeoutError("dnsmasq did not answer")
 
