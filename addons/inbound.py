@@ -13,6 +13,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.failsafe import fail_closed_flow
 from addons.lifecycle import NspLifecycle
+from proxy.claims import subscription_from_bearer
 from proxy.clientip import effective_client_ip
 from proxy.decision import InboundFacts
 from proxy.denials import inbound_denial
@@ -35,9 +36,11 @@ class InboundGate:
         request = flow.request
         peer_ip, peer_port = flow.client_conn.peername[:2]
         source_ip = effective_client_ip(peer_ip, request.headers.get_all("x-forwarded-for"), runtime.trusted_proxies)
-        header = policy.config.settings.subscription_header
+        settings = policy.config.settings
         trusted = compiled is not None and compiled.association.local.trust_subscription_header
-        claimed = request.headers.get(header)
+        claimed = request.headers.get(settings.subscription_header)
+        if claimed is None and settings.subscription_from_token:
+            claimed = subscription_from_bearer(request.headers.get("authorization"))
         facts = InboundFacts(
             resource=resource,
             source_ip=_unmap(source_ip),

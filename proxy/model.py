@@ -106,6 +106,7 @@ class Perimeter:
 @dataclass(frozen=True)
 class Settings:
     subscription_header: str = "x-nsp-subscription-id"
+    subscription_from_token: bool = False
     trusted_proxies: tuple[IPNetwork, ...] = ()
     access_log: str = "-"  # "-" is stdout
     metrics_listen_host: str | None = "127.0.0.1"
