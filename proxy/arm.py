@@ -5,8 +5,8 @@ where a resource lives on this machine, so it is always paired with ``bindings``
 resource ID -> ``local`` block). The result is the same plain document the native YAML gives, plus a map from
 its paths back to the ARM file's paths so that errors point at the line the user wrote.
 
-ARM template expressions (``[parameters('x')]``) are not evaluated: export the deployed resources
-(``az resource show``/``list``, or the REST API) or write literal names.
+The template expressions NSP templates use are evaluated (``proxy.arm_expressions``): parameters (by their
+``defaultValue``), variables, concat, format and resourceId. Others are reported, not guessed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from proxy.arm_expressions import ExpressionError, Scope, evaluate, is_expression
 from proxy.errors import ConfigError, Problem
+from proxy.model import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION
 
 NSP_TYPE = "microsoft.network/networksecurityperimeters"
 KNOWN_CHILDREN = {"profiles", "profiles/accessrules", "resourceassociations"}
@@ -46,14 +48,20 @@ class _Converter:
         self.problems: list[Problem] = []
 
     def convert(self, document: Any, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-        flat = list(self._flatten(self._top_level(document), None, None))
+        scope = Scope(
+            parameters=dict(document.get("parameters") or {}) if isinstance(document, dict) else {},
+            variables=dict(document.get("variables") or {}) if isinstance(document, dict) else {},
+            subscription_id=DEFAULT_SUBSCRIPTION, resource_group=DEFAULT_RESOURCE_GROUP,
+        )
+        top = [(self._evaluate(resource, where, scope), where) for resource, where in self._top_level(document)]
+        flat = list(self._flatten(top, None, None))
         perimeters: dict[str, dict[str, Any]] = {}
         origins: dict[str, str] = {}
         children: list[tuple[str, list[str], dict[str, Any], str]] = []
         for rtype, names, resource, where in flat:
             if rtype == NSP_TYPE:
+                origins[f"perimeters[{len(perimeters)}]"] = where
                 perimeters[names[0].lower()] = self._perimeter(names[0], resource)
-                origins[f"@{names[0].lower()}"] = where
             elif rtype.startswith(NSP_TYPE + "/"):
                 children.append((rtype[len(NSP_TYPE) + 1 :], names, resource, where))
         for kind, names, resource, where in children:
@@ -61,14 +69,31 @@ class _Converter:
             if perimeter is None:
                 self.problems.append(Problem(where, f"belongs to perimeter {names[0]!r}, which is not in the file"))
                 continue
-            self._attach(perimeter, kind, names, resource, where, origins)
+            native = self._attach(perimeter, kind, names, resource, where)
+            if native:
+                inner = "" if kind == "profiles" else ".properties"
+                origins[f"perimeters[{list(perimeters).index(names[0].lower())}].{native}"] = where + inner
         if not perimeters and not self.problems:
             self.problems.append(Problem("", f"no {NSP_TYPE} resource found"))
         document_out = {"perimeters": list(perimeters.values())}
         self._bind(document_out["perimeters"], bindings)
         if self.problems:
             raise ConfigError(self.source, self.problems)
-        return document_out, self._native_paths(document_out, origins)
+        return document_out, origins
+
+    def _evaluate(self, node: Any, where: str, scope: Scope) -> Any:
+        """Replace every ARM expression string in ``node`` by its value; report the ones that cannot be."""
+        if isinstance(node, dict):
+            return {k: self._evaluate(v, f"{where}.{k}", scope) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self._evaluate(v, f"{where}[{i}]", scope) for i, v in enumerate(node)]
+        if is_expression(node) or (isinstance(node, str) and node.startswith("[[")):
+            try:
+                return evaluate(node, scope)
+            except ExpressionError as exc:
+                self.problems.append(Problem(where, f"cannot evaluate {node!r}: {exc} (supported: parameters with "
+                                                    "defaultValue, variables, concat, format, resourceId)"))
+        return node
 
     def _top_level(self, document: Any) -> list[tuple[dict[str, Any], str]]:
         if isinstance(document, list):
@@ -101,10 +126,6 @@ class _Converter:
             tail = rid[rid.lower().index("networksecurityperimeters/") + len("networksecurityperimeters/") :]
             return tail.split("/")[0::2]
         name = str(resource.get("name", ""))
-        if "[" in name:
-            self.problems.append(Problem(f"{where}.name", f"ARM expression {name!r} is not evaluated; "
-                                                          "use literal names or an export of deployed resources"))
-            return None
         names = name.split("/")
         if parent and len(names) < depth:
             names = parent + names
@@ -123,31 +144,33 @@ class _Converter:
         return out
 
     def _attach(self, perimeter: dict[str, Any], kind: str, names: list[str], resource: dict[str, Any],
-                where: str, origins: dict[str, str]) -> None:
+                where: str) -> str | None:
+        """Add a child resource to its perimeter; return its path below the perimeter in the native document."""
         props = dict(resource.get("properties") or {})
         for volatile in ("provisioningState", "resourceGuid", "hasProvisioningStateChanged"):
             props.pop(volatile, None)
         if kind == "profiles":
-            self._profile(perimeter, names[1])
-            origins[f"@{names[0].lower()}/{names[1].lower()}"] = where
-        elif kind == "profiles/accessrules":
-            self._profile(perimeter, names[1])["accessRules"].append({"name": names[2], **props})
-            origins[f"@{names[0].lower()}/{names[1].lower()}/{names[2].lower()}"] = where + ".properties"
-        elif kind == "resourceassociations":
+            return f"profiles[{self._profile(perimeter, names[1])}]"
+        if kind == "profiles/accessrules":
+            index = self._profile(perimeter, names[1])
+            rules = perimeter["profiles"][index]["accessRules"]
+            rules.append({"name": names[2], **props})
+            return f"profiles[{index}].accessRules[{len(rules) - 1}]"
+        if kind == "resourceassociations":
             perimeter["resourceAssociations"].append({"name": names[1], **props})
-            origins[f"@{names[0].lower()}/@{names[1].lower()}"] = where + ".properties"
-        else:
-            self.problems.append(Problem(where, f"unsupported resource type {kind!r} "
-                                                f"(supported: {', '.join(sorted(KNOWN_CHILDREN))})"))
+            return f"resourceAssociations[{len(perimeter['resourceAssociations']) - 1}]"
+        self.problems.append(Problem(where, f"unsupported resource type {kind!r} "
+                                            f"(supported: {', '.join(sorted(KNOWN_CHILDREN))})"))
+        return None
 
     @staticmethod
-    def _profile(perimeter: dict[str, Any], name: str) -> dict[str, Any]:
-        for profile in perimeter["profiles"]:
+    def _profile(perimeter: dict[str, Any], name: str) -> int:
+        """Index of the profile ``name`` in the perimeter, created on first mention."""
+        for index, profile in enumerate(perimeter["profiles"]):
             if profile["name"].lower() == name.lower():
-                return profile
-        profile = {"name": name, "accessRules": []}
-        perimeter["profiles"].append(profile)
-        return profile
+                return index
+        perimeter["profiles"].append({"name": name, "accessRules": []})
+        return len(perimeter["profiles"]) - 1
 
     def _bind(self, perimeters: list[dict[str, Any]], bindings: dict[str, Any]) -> None:
         remaining = {k.lower(): k for k in bindings}
@@ -162,25 +185,3 @@ class _Converter:
         for key in remaining.values():
             self.problems.append(Problem(f"bindings.{key}", "matches no resource association name or resource ID "
                                                             "in the ARM file"))
-
-    @staticmethod
-    def _native_paths(document: dict[str, Any], origins: dict[str, str]) -> dict[str, str]:
-        """Translate the '@perimeter/...' keys into the native paths that validation reports."""
-        paths: dict[str, str] = {}
-        for pi, perimeter in enumerate(document["perimeters"]):
-            pkey = f"@{perimeter['name'].lower()}"
-            if pkey in origins:
-                paths[f"perimeters[{pi}]"] = origins[pkey]
-            for fi, profile in enumerate(perimeter["profiles"]):
-                fkey = f"{pkey}/{profile['name'].lower()}"
-                if fkey in origins:
-                    paths[f"perimeters[{pi}].profiles[{fi}]"] = origins[fkey]
-                for ri, rule in enumerate(profile["accessRules"]):
-                    rkey = f"{fkey}/{rule['name'].lower()}"
-                    if rkey in origins:
-                        paths[f"perimeters[{pi}].profiles[{fi}].accessRules[{ri}]"] = origins[rkey]
-            for ai, assoc in enumerate(perimeter["resourceAssociations"]):
-                akey = f"{pkey}/@{assoc['name'].lower()}"
-                if akey in origins:
-                    paths[f"perimeters[{pi}].resourceAssociations[{ai}]"] = origins[akey]
-        return paths

@@ -23,6 +23,8 @@ import yaml
 from proxy import arm
 from proxy.errors import ConfigError, Problem
 from proxy.model import (
+    DEFAULT_RESOURCE_GROUP,
+    DEFAULT_SUBSCRIPTION,
     AccessMode,
     AccessRule,
     Association,
@@ -46,8 +48,6 @@ MAX_PERIMETERS_PER_SUBSCRIPTION = 100
 MAX_PROFILES_PER_PERIMETER = 200
 MAX_RULE_ELEMENTS_PER_PROFILE = 200
 
-DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
-DEFAULT_RESOURCE_GROUP = "nsp-proxy"
 MATCH_KINDS = (
     "addressPrefixes",
     "subscriptions",
@@ -105,19 +105,17 @@ class _Validator:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.path_names: dict[str, str] = {}  # native path prefix -> where it came from in an ARM file
+        self.arm_source: str | None = None
         self.files: list[str] = [source]
 
     def fail(self, path: str, reason: str) -> None:
-        self.problems.append(Problem(self._origin(path), reason))
-
-    def _origin(self, path: str) -> str:
-        best = ""
-        for prefix in self.path_names:
-            if (path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")) and len(
-                prefix
-            ) > len(best):
-                best = prefix
-        return path if not best else self.path_names[best] + path[len(best) :]
+        """Record a problem at ``path``; paths that came from an ARM file are reported in that file's terms."""
+        best = max((p for p in self.path_names if path == p or path.startswith((p + ".", p + "["))),
+                   key=len, default=None)
+        if best is None:
+            self.problems.append(Problem(path, reason))
+        else:
+            self.problems.append(Problem(self.path_names[best] + path[len(best):], reason, source=self.arm_source))
 
     def attempt(self, path: str, parse: Callable[[Any], Any], value: Any) -> Any:
         try:
@@ -174,7 +172,8 @@ class _Validator:
         except ConfigError as exc:
             self.problems.extend(exc.problems)
             raise ConfigError(exc.source, exc.problems) from None
-        self.path_names.update({k: f"{arm_path.name}:{v}" for k, v in origins.items()})
+        self.path_names.update(origins)
+        self.arm_source = str(arm_path)
         rest = {k: v for k, v in document.items() if k not in ("arm", "bindings")}
         return {**rest, **converted}
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 class Problem:
     path: str  # e.g. "perimeters[0].profiles[1].accessRules[2].addressPrefixes[0]"
     reason: str
+    source: str | None = None  # the file, when it is not the configuration file itself (an ARM file)
 
 
 class ConfigError(Exception):
@@ -20,5 +21,5 @@ class ConfigError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
-        lines = [f"{self.source}: {p.path or '(top level)'}: {p.reason}" for p in self.problems]
+        lines = [f"{p.source or self.source}: {p.path or '(top level)'}: {p.reason}" for p in self.problems]
         return "\n".join(lines)

@@ -13,6 +13,10 @@ from enum import StrEnum
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# The scope nsp-proxy gives resources whose configuration names no subscription or resource group.
+DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+DEFAULT_RESOURCE_GROUP = "nsp-proxy"
+
 
 class Direction(StrEnum):
     INBOUND = "Inbound"

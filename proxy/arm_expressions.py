@@ -1,0 +1,153 @@
+"""A small evaluator for the ARM template expressions NSP templates actually use.
+
+Templates name children with ``[concat(parameters('nspName'), '/', 'profile1')]`` and point associations at
+``[resourceId('Microsoft.Network/networkSecurityPerimeters/profiles', parameters('nspName'), 'profile1')]``.
+Supported: string literals, ``parameters()`` (their ``defaultValue``), ``variables()``, ``concat()``,
+``format()``, ``resourceId()``, ``subscription().subscriptionId`` and ``resourceGroup().name``. Anything else is
+reported as unsupported rather than guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[(),.\[\]]))"
+)
+
+
+class ExpressionError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Scope:
+    parameters: dict[str, Any]
+    variables: dict[str, Any]
+    subscription_id: str
+    resource_group: str
+
+
+def is_expression(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("[") and value.endswith("]") and not value.startswith("[[")
+
+
+def evaluate(text: str, scope: Scope) -> Any:
+    """Evaluate ``[expr]``; ``[[...`` is ARM's escape for a literal leading bracket."""
+    if text.startswith("[["):
+        return text[1:]
+    tokens = _tokenize(text[1:-1])
+    value, rest = _Parser(tokens, scope).expression(0)
+    if rest != len(tokens):
+        raise ExpressionError(f"unexpected {tokens[rest][1]!r} in {text}")
+    return value
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if not match or match.end() == position:
+            if text[position:].strip() == "":
+                break
+            raise ExpressionError(f"cannot read {text[position:]!r}")
+        kind = match.lastgroup or ""
+        tokens.append((kind, match.group(kind)))
+        position = match.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, tokens: list[tuple[str, str]], scope: Scope):
+        self.tokens = tokens
+        self.scope = scope
+
+    def expression(self, i: int) -> tuple[Any, int]:
+        kind, text = self._at(i)
+        if kind == "str":
+            return text[1:-1].replace("''", "'"), i + 1
+        if kind == "num":
+            return int(text), i + 1
+        if kind != "name":
+            raise ExpressionError(f"unexpected {text!r}")
+        if self._at(i + 1)[1] != "(":
+            raise ExpressionError(f"expected '(' after {text}")
+        args, i = self._arguments(i + 2)
+        value = self._call(text.lower(), args)
+        while i < len(self.tokens) and self.tokens[i][1] in (".", "["):
+            if self.tokens[i][1] == ".":
+                kind, prop = self._at(i + 1)
+                value, i = self._property(value, prop), i + 2
+            else:
+                key, i = self.expression(i + 1)
+                if self._at(i)[1] != "]":
+                    raise ExpressionError("expected ']'")
+                value, i = self._property(value, key), i + 1
+        return value, i
+
+    def _arguments(self, i: int) -> tuple[list[Any], int]:
+        args: list[Any] = []
+        if self._at(i)[1] == ")":
+            return args, i + 1
+        while True:
+            value, i = self.expression(i)
+            args.append(value)
+            separator = self._at(i)[1]
+            if separator == ")":
+                return args, i + 1
+            if separator != ",":
+                raise ExpressionError(f"expected ',' or ')' but found {separator!r}")
+            i += 1
+
+    def _call(self, name: str, args: list[Any]) -> Any:
+        if name == "parameters":
+            spec = self.scope.parameters.get(str(args[0]))
+            if not isinstance(spec, dict) or "defaultValue" not in spec:
+                raise ExpressionError(f"parameter {args[0]!r} has no defaultValue in the template")
+            value = spec["defaultValue"]
+            return evaluate(value, self.scope) if is_expression(value) else value
+        if name == "variables":
+            if str(args[0]) not in self.scope.variables:
+                raise ExpressionError(f"variable {args[0]!r} is not defined in the template")
+            value = self.scope.variables[str(args[0])]
+            return evaluate(value, self.scope) if is_expression(value) else value
+        if name == "concat":
+            return "".join(str(a) for a in args)
+        if name == "format":
+            return re.sub(r"\{(\d+)\}", lambda m: str(args[int(m.group(1)) + 1]), str(args[0]))
+        if name == "resourceid":
+            return self._resource_id(args)
+        if name == "subscription":
+            return {"subscriptionId": self.scope.subscription_id, "id": f"/subscriptions/{self.scope.subscription_id}"}
+        if name == "resourcegroup":
+            return {"name": self.scope.resource_group}
+        raise ExpressionError(f"ARM function {name}() is not supported")
+
+    def _resource_id(self, args: list[Any]) -> str:
+        strings = [str(a) for a in args]
+        type_index = next((i for i, a in enumerate(strings) if "/" in a and "." in a.split("/")[0]), None)
+        if type_index is None:
+            raise ExpressionError("resourceId() needs a resource type like 'Microsoft.Storage/storageAccounts'")
+        scope = strings[:type_index]
+        subscription = scope[0] if len(scope) == 2 else self.scope.subscription_id
+        group = scope[-1] if scope else self.scope.resource_group
+        rtype, names = strings[type_index], strings[type_index + 1 :]
+        namespace, *types = rtype.split("/")
+        if len(types) != len(names):
+            raise ExpressionError(f"resourceId({rtype!r}) needs {len(types)} name(s), got {len(names)}")
+        path = "/".join(f"{t}/{n}" for t, n in zip(types, names, strict=True))
+        return f"/subscriptions/{subscription}/resourceGroups/{group}/providers/{namespace}/{path}"
+
+    @staticmethod
+    def _property(value: Any, key: Any) -> Any:
+        if isinstance(value, dict) and key in value:
+            return value[key]
+        raise ExpressionError(f"no property {key!r}")
+
+    def _at(self, i: int) -> tuple[str, str]:
+        if i >= len(self.tokens):
+            raise ExpressionError("expression ends too early")
+        return self.tokens[i]
