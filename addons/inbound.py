@@ -8,6 +8,7 @@ instead of forwarding), and the request body is drained, never forwarded.
 from __future__ import annotations
 
 from mitmproxy import http
+from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
@@ -26,8 +27,8 @@ class InboundGate:
     @fail_closed_flow
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         runtime = self.lifecycle.runtime
-        if runtime is None:
-            return
+        if runtime is None or flow.request.method == "CONNECT":
+            return  # mitmproxy refuses CONNECT on a reverse listener itself: nothing reaches the resource
         policy = runtime.policy
         resource = policy.inbound_ports.get(flow.client_conn.proxy_mode.custom_listen_port or 0)
         if resource is None:
@@ -61,6 +62,10 @@ class InboundGate:
                 "socketPeer": peer_ip if source_ip != peer_ip else None,
             },
         )
+        if decision.allowed and self.lifecycle.rewrites_host_header and isinstance(flow.client_conn.proxy_mode,
+                                                                                   ReverseMode):
+            mode = flow.client_conn.proxy_mode
+            request.host_header = url.hostport(mode.scheme, *mode.address)  # as mitmproxy's reverse mode does
         if not decision.allowed:
             assoc = compiled.association if compiled else None
             denial = inbound_denial(

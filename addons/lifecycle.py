@@ -31,6 +31,7 @@ class NspLifecycle:
         self.runtime: Runtime | None = None
         self.demo: DemoBackend | None = None
         self._watch: asyncio.Task | None = None
+        self.rewrites_host_header = False  # True when this addon turned on keep_host_header for the gate
 
     def load(self, loader: Loader) -> None:
         loader.add_option("nsp_config", str, "", "nsp-proxy configuration file (YAML).")
@@ -84,7 +85,10 @@ class NspLifecycle:
         if modes and list(ctx.options.mode) != modes:
             # lazy: no upstream connection is opened before a request has been decided, so a denied caller
             # never causes as much as a TCP handshake with the resource behind the proxy.
-            ctx.options.update(mode=modes, connection_strategy="lazy")
+            # keep_host_header: the inbound gate must see the Host the caller used (it is logged as
+            # DestinationFqdn); the gate itself sets the upstream's Host on what it forwards.
+            ctx.options.update(mode=modes, connection_strategy="lazy", keep_host_header=True)
+            self.rewrites_host_header = True
 
 
 def _overrides(access_log: str, metrics: str) -> Overrides:

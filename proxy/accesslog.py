@@ -101,7 +101,8 @@ class AccessLogWriter:
         self._closed = False
 
     def write(self, record: dict[str, Any]) -> bool:
-        data = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+        # ensure_ascii: request text decoded with surrogateescape (non-UTF-8 bytes) stays representable.
+        data = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
         with self._lock:
             if self._closed:
                 self.errors += 1

@@ -88,8 +88,12 @@ class Runtime:
         """Write the one access-log record of ``decision`` and count it: decision counters move with records,
         so the metrics and the log always agree on how many decisions were made."""
         self.metrics.observe(decision)
-        record = build_record(decision, facts, self.policy, **details)
-        if self.writer.write(record):
+        try:
+            written = self.writer.write(build_record(decision, facts, self.policy, **details))
+        except Exception:  # a record that cannot be built must not take the decision with it
+            log.exception("access log: could not build the record")
+            written = False
+        if written:
             self.metrics.log_records.inc()
         else:
             self.metrics.log_errors.inc()
