@@ -12,6 +12,7 @@ The template expressions NSP templates use are evaluated (``proxy.arm_expression
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from proxy.errors import ConfigError, Problem
 from proxy.model import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION
 
 NSP_TYPE = "microsoft.network/networksecurityperimeters"
+BINDINGS_FILE = ""  # Problem.source of problems in the YAML file that holds the bindings: rendered as that file
 KNOWN_CHILDREN = {"profiles", "profiles/accessrules", "resourceassociations"}
 
 
@@ -31,7 +33,17 @@ def looks_like_arm(document: Any) -> bool:
     )
 
 
-def convert_file(path: Path, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+@dataclass(frozen=True)
+class Origin:
+    """Where a part of the converted document was written: a file (None: the YAML file itself) and a path.
+    ``properties``: Azure fields sit under ``properties`` there, the name beside it."""
+
+    source: str | None
+    path: str
+    properties: bool = False
+
+
+def convert_file(path: Path, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Origin]]:
     source = str(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -56,11 +68,11 @@ class _Converter:
         top = [(self._evaluate(resource, where, scope), where) for resource, where in self._top_level(document)]
         flat = list(self._flatten(top, None, None))
         perimeters: dict[str, dict[str, Any]] = {}
-        origins: dict[str, str] = {}
+        origins: dict[str, Origin] = {}
         children: list[tuple[str, list[str], dict[str, Any], str]] = []
         for rtype, names, resource, where in flat:
             if rtype == NSP_TYPE:
-                origins[f"perimeters[{len(perimeters)}]"] = where
+                origins[f"perimeters[{len(perimeters)}]"] = Origin(self.source, where)
                 perimeters[names[0].lower()] = self._perimeter(names[0], resource)
             elif rtype.startswith(NSP_TYPE + "/"):
                 children.append((rtype[len(NSP_TYPE) + 1 :], names, resource, where))
@@ -71,12 +83,12 @@ class _Converter:
                 continue
             native = self._attach(perimeter, kind, names, resource, where)
             if native:
-                inner = "" if kind == "profiles" else ".properties"
-                origins[f"perimeters[{list(perimeters).index(names[0].lower())}].{native}"] = where + inner
+                origins[f"perimeters[{list(perimeters).index(names[0].lower())}].{native}"] = Origin(
+                    self.source, where, properties=kind != "profiles")
         if not perimeters and not self.problems:
             self.problems.append(Problem("", f"no {NSP_TYPE} resource found"))
         document_out = {"perimeters": list(perimeters.values())}
-        self._bind(document_out["perimeters"], bindings)
+        self._bind(document_out["perimeters"], bindings, origins)
         if self.problems:
             raise ConfigError(self.source, self.problems)
         return document_out, origins
@@ -126,6 +138,8 @@ class _Converter:
             tail = rid[rid.lower().index("networksecurityperimeters/") + len("networksecurityperimeters/") :]
             return tail.split("/")[0::2]
         name = str(resource.get("name", ""))
+        if is_expression(name):
+            return None  # could not be evaluated: already reported by _evaluate
         names = name.split("/")
         if parent and len(names) < depth:
             names = parent + names
@@ -172,16 +186,20 @@ class _Converter:
         perimeter["profiles"].append({"name": name, "accessRules": []})
         return len(perimeter["profiles"]) - 1
 
-    def _bind(self, perimeters: list[dict[str, Any]], bindings: dict[str, Any]) -> None:
+    def _bind(self, perimeters: list[dict[str, Any]], bindings: dict[str, Any], origins: dict[str, Origin]) -> None:
+        """Give each association its ``local`` block from ``bindings`` (by association name or resource ID)."""
         remaining = {k.lower(): k for k in bindings}
-        for perimeter in perimeters:
-            for assoc in perimeter["resourceAssociations"]:
+        for pi, perimeter in enumerate(perimeters):
+            for ai, assoc in enumerate(perimeter["resourceAssociations"]):
                 resource = assoc.get("privateLinkResource")
                 rid = str(resource.get("id", "")) if isinstance(resource, dict) else str(resource or "")
                 for key in (assoc["name"].lower(), rid.lower()):
                     if key in remaining:
-                        assoc["local"] = bindings[remaining.pop(key)]
+                        original = remaining.pop(key)
+                        assoc["local"] = bindings[original]
+                        origins[f"perimeters[{pi}].resourceAssociations[{ai}].local"] = Origin(
+                            BINDINGS_FILE, f"bindings.{original}")
                         break
         for key in remaining.values():
             self.problems.append(Problem(f"bindings.{key}", "matches no resource association name or resource ID "
-                                                            "in the ARM file"))
+                                                            "in the ARM file", source=BINDINGS_FILE))

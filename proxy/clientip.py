@@ -16,13 +16,14 @@ def effective_client_ip(peer: str, forwarded_for: list[str], trusted: PrefixInde
     if not trusted or not forwarded_for or not _in(trusted, peer):
         return peer
     hops = [h.strip() for header in forwarded_for for h in header.split(",") if h.strip()]
+    address = None
     for hop in reversed(hops):
         address = _parse(hop)
         if address is None:
             return peer  # malformed chain: believe only the socket
         if not trusted.lookup(address):
             return str(address)
-    return peer
+    return str(address) if address is not None else peer  # every hop a trusted proxy: the left-most began it
 
 
 def _in(index: PrefixIndex[bool], text: str) -> bool:

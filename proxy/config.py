@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -104,18 +105,20 @@ class _Validator:
         self.base_dir = base_dir
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
-        self.path_names: dict[str, str] = {}  # native path prefix -> where it came from in an ARM file
-        self.arm_source: str | None = None
+        self.origins: dict[str, arm.Origin] = {}  # native path prefix -> where an ARM import got it from
         self.files: list[str] = [source]
 
     def fail(self, path: str, reason: str) -> None:
         """Record a problem at ``path``; paths that came from an ARM file are reported in that file's terms."""
-        best = max((p for p in self.path_names if path == p or path.startswith((p + ".", p + "["))),
+        best = max((p for p in self.origins if path == p or path.startswith((p + ".", p + "["))),
                    key=len, default=None)
         if best is None:
             self.problems.append(Problem(path, reason))
-        else:
-            self.problems.append(Problem(self.path_names[best] + path[len(best):], reason, source=self.arm_source))
+            return
+        origin, rest = self.origins[best], path[len(best):]
+        if origin.properties and not rest.startswith(".name"):
+            rest = ".properties" + rest
+        self.problems.append(Problem(origin.path + rest, reason, source=origin.source))
 
     def attempt(self, path: str, parse: Callable[[Any], Any], value: Any) -> Any:
         try:
@@ -145,18 +148,19 @@ class _Validator:
     # -- structure -------------------------------------------------------------------------------------------
 
     def _lift_properties(self, node: Any, path: str) -> Any:
-        """Accept ARM's ``{name, properties: {...}}`` by merging ``properties`` into its parent object."""
+        """Accept ARM's ``{name, properties: {...}}`` by merging ``properties`` into its parent object, and
+        Azure's enum values in any case (``enforced``, ``INBOUND``), as ARM does."""
         if isinstance(node, list):
             return [self._lift_properties(item, f"{path}[{i}]") for i, item in enumerate(node)]
         if not isinstance(node, dict):
             return node
-        result = {k: v for k, v in node.items() if k != "properties"}
+        result = {k: _canonical_enum(k, v) for k, v in node.items() if k != "properties"}
         inner = node.get("properties")
         if isinstance(inner, dict) and path.rsplit(".", 1)[-1].split("[")[0] in LIFTED:
             for key, value in inner.items():
                 if key in result:
                     self.fail(f"{path}.properties.{key}", f"'{key}' is given both inside and outside 'properties'")
-                result[key] = value
+                result[key] = _canonical_enum(key, value)
         elif "properties" in node:
             result["properties"] = inner
         return {
@@ -170,10 +174,9 @@ class _Validator:
         try:
             converted, origins = arm.convert_file(arm_path, document.get("bindings") or {})
         except ConfigError as exc:
-            self.problems.extend(exc.problems)
-            raise ConfigError(exc.source, exc.problems) from None
-        self.path_names.update(origins)
-        self.arm_source = str(arm_path)
+            problems = [p if p.source is not None else replace(p, source=exc.source) for p in exc.problems]
+            raise ConfigError(self.source, problems) from None
+        self.origins.update(origins)
         rest = {k: v for k, v in document.items() if k not in ("arm", "bindings")}
         return {**rest, **converted}
 
@@ -293,7 +296,7 @@ class _Validator:
             return AccessRule(name, direction, perimeters=tuple(_ref_id(v).strip().lower() for v in values))
         self.warnings.append(f"{path}: '{kind}' rules are accepted but never match in nsp-proxy "
                              f"(they need Azure services that a local proxy cannot see)")
-        return AccessRule(name, direction, unsupported_kind=kind)
+        return AccessRule(name, direction, unsupported_kind=kind, unsupported_elements=len(values))
 
     def _association(
         self, raw: dict[str, Any], path: str, perimeter: str, profiles: dict[str, str]
@@ -338,6 +341,7 @@ class _Validator:
                                                     raw.get("outboundSourcePrefixes")),
             private_endpoint_prefixes=self._prefixes(f"{path}.privateEndpointPrefixes",
                                                      raw.get("privateEndpointPrefixes")),
+            # SecuredByPerimeter: only the perimeter may admit public traffic, so the Transition fallback denies
             public_network_access=raw.get("publicNetworkAccess", "Enabled") == "Enabled",
             resource_ip_rules=self._prefixes(f"{path}.resourceIpRules", raw.get("resourceIpRules")),
             trust_subscription_header=bool(raw.get("trustSubscriptionHeader", True)),
@@ -347,11 +351,11 @@ class _Validator:
 
     def _unique(self, path: str, key: str, names: list[str], what: str) -> None:
         seen: dict[str, int] = {}
+        where = f"{path}.{key}" if path else key
         for i, name in enumerate(names):
             folded = name.lower()  # Azure resource names are case-insensitive
             if folded in seen:
-                self.fail(f"{path}.{key}[{i}].name", f"duplicate {what} name {name!r} "
-                                                     f"(also at {key}[{seen[folded]}])")
+                self.fail(f"{where}[{i}].name", f"duplicate {what} name {name!r} (also at {key}[{seen[folded]}])")
             seen.setdefault(folded, i)
 
     def _check_global(self, perimeters: tuple[Perimeter, ...], settings: Settings, raw: dict[str, Any]) -> None:
@@ -383,17 +387,35 @@ class _Validator:
                     self.fail(f"{path}.privateLinkResource.id", f"resource is already associated at "
                                                                 f"{resources[folded]}")
                 resources.setdefault(folded, path)
-        names = [a.name for p in perimeters for a in p.associations]
-        if len({n.lower() for n in names}) != len(names):
-            dupes = sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1})
-            self.fail("perimeters", f"resource association names must be unique across perimeters "
-                                    f"(they label logs and metrics): {', '.join(dupes)}")
+        owners: dict[str, tuple[int, int]] = {}  # association names label logs and metrics: unique in the file
+        for pi, perimeter in enumerate(perimeters):
+            for ai, assoc in enumerate(perimeter.associations):
+                first = owners.setdefault(assoc.name.lower(), (pi, ai))
+                if first[0] != pi:  # duplicates within one perimeter are reported by _unique
+                    self.fail(f"perimeters[{pi}].resourceAssociations[{ai}].name",
+                              f"resource association names must be unique across perimeters (they label logs and "
+                              f"metrics): {assoc.name!r} is also at perimeters[{first[0]}].resourceAssociations"
+                              f"[{first[1]}]")
 
     def _claim(self, listeners: dict[int, str], port: int, path: str, shareable: bool = False) -> None:
         owner = listeners.get(port)
         if owner and not (shareable and owner.endswith(".outboundListen")):
             self.fail(path, f"port {port} is already used by {owner}")
         listeners.setdefault(port, path)
+
+
+_ENUMS = {
+    "accessMode": ("Learning", "Transition", "Enforced", "Audit"),
+    "direction": ("Inbound", "Outbound"),
+    "publicNetworkAccess": ("Enabled", "Disabled", "SecuredByPerimeter"),
+}
+
+
+def _canonical_enum(key: str, value: Any) -> Any:
+    for choice in _ENUMS.get(key, ()):
+        if isinstance(value, str) and value.lower() == choice.lower():
+            return choice
+    return value
 
 
 def _ref_id(value: Any) -> str:

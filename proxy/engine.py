@@ -101,7 +101,10 @@ def _evaluate_outbound(policy: Policy, compiled: CompiledAssociation, facts: Out
                             f"destination is {member.name!r}, a member of the perimeter")
         return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None,
                         f"IP-literal destination {host}: outbound rules allow FQDNs only")
-    name = normalize_hostname(host)
+    try:
+        name = normalize_hostname(host)
+    except ValueError as exc:
+        return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None, f"invalid destination: {exc}")
     for label, other in (("Host header", facts.host_header), ("TLS SNI", facts.sni)):
         if other is not None and _host_only(other) != name:
             return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None,

@@ -52,11 +52,13 @@ class AccessRule:
     fqdns: tuple[str, ...] = ()  # normalised: lower-case, no trailing dot, may start with "*."
     perimeters: tuple[str, ...] = ()  # lower-cased perimeter resource IDs or names (cross-perimeter)
     unsupported_kind: str | None = None  # emailAddresses / phoneNumbers / serviceTags: accepted, never match
+    unsupported_elements: int = 0  # they still count against Azure's limit
 
     @property
     def element_count(self) -> int:
         """Rule elements as Azure counts them against the 200-per-profile limit."""
-        return len(self.address_prefixes) + len(self.subscriptions) + len(self.fqdns) + len(self.perimeters)
+        return (len(self.address_prefixes) + len(self.subscriptions) + len(self.fqdns) + len(self.perimeters)
+                + self.unsupported_elements)
 
 
 @dataclass(frozen=True)

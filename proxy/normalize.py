@@ -15,6 +15,7 @@ from proxy.model import IPNetwork
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def parse_prefix(text: str) -> IPNetwork:
@@ -22,9 +23,13 @@ def parse_prefix(text: str) -> IPNetwork:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"{text!r} is not an IP prefix")
     try:
-        return ipaddress.ip_network(text.strip(), strict=True)
+        network = ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a valid IPv4 or IPv6 prefix ({exc})") from None
+    if network.version == 6 and network.prefixlen >= 96 and network.subnet_of(_IPV4_MAPPED):
+        # ::ffff:10.0.0.0/104 is 10.0.0.0/8: callers are matched as IPv4, so the rule must be too
+        return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    return network
 
 
 def parse_prefixes(items: list[str] | tuple[str, ...]) -> tuple[IPNetwork, ...]:
