@@ -43,7 +43,10 @@ class Origin:
     properties: bool = False
 
 
-def convert_file(path: Path, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Origin]]:
+def convert_file(path: Path, bindings: dict[str, Any], subscription_id: str = DEFAULT_SUBSCRIPTION,
+                 resource_group: str = DEFAULT_RESOURCE_GROUP) -> tuple[dict[str, Any], dict[str, Origin]]:
+    """Convert the ARM file at ``path``; ``subscription_id``/``resource_group`` are the deployment's scope
+    (what ``resourceId()`` and perimeters without an ``id`` belong to)."""
     source = str(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -51,19 +54,21 @@ def convert_file(path: Path, bindings: dict[str, Any]) -> tuple[dict[str, Any], 
         raise ConfigError(source, [Problem("", f"cannot read ARM file: {exc.strerror or exc}")]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(source, [Problem(f"line {exc.lineno}, column {exc.colno}", f"not JSON: {exc.msg}")]) from None
-    return _Converter(source).convert(document, bindings)
+    return _Converter(source, subscription_id, resource_group).convert(document, bindings)
 
 
 class _Converter:
-    def __init__(self, source: str):
+    def __init__(self, source: str, subscription_id: str, resource_group: str):
         self.source = source
+        self.subscription_id = subscription_id
+        self.resource_group = resource_group
         self.problems: list[Problem] = []
 
     def convert(self, document: Any, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         scope = Scope(
             parameters=dict(document.get("parameters") or {}) if isinstance(document, dict) else {},
             variables=dict(document.get("variables") or {}) if isinstance(document, dict) else {},
-            subscription_id=DEFAULT_SUBSCRIPTION, resource_group=DEFAULT_RESOURCE_GROUP,
+            subscription_id=self.subscription_id, resource_group=self.resource_group,
         )
         top = [(self._evaluate(resource, where, scope), where) for resource, where in self._top_level(document)]
         flat = list(self._flatten(top, None, None))
@@ -150,7 +155,8 @@ class _Converter:
         return names
 
     def _perimeter(self, name: str, resource: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": name, "profiles": [], "resourceAssociations": []}
+        out: dict[str, Any] = {"name": name, "subscriptionId": self.subscription_id,
+                               "resourceGroup": self.resource_group, "profiles": [], "resourceAssociations": []}
         if resource.get("location"):
             out["location"] = resource["location"]
         if str(resource.get("id", "")).lower().startswith("/subscriptions/"):

@@ -172,13 +172,26 @@ class _Validator:
         arm_path = self.base_dir / str(document["arm"])
         self.files.append(str(arm_path))
         try:
-            converted, origins = arm.convert_file(arm_path, document.get("bindings") or {})
+            converted, origins = arm.convert_file(arm_path, document.get("bindings") or {}, *self._arm_scope(document))
         except ConfigError as exc:
             problems = [p if p.source is not None else replace(p, source=exc.source) for p in exc.problems]
             raise ConfigError(self.source, problems) from None
         self.origins.update(origins)
-        rest = {k: v for k, v in document.items() if k not in ("arm", "bindings")}
+        rest = {k: v for k, v in document.items() if k not in ("arm", "bindings", "armScope")}
         return {**rest, **converted}
+
+    def _arm_scope(self, document: dict[str, Any]) -> tuple[str, str]:
+        """The deployment scope of the ARM file (``armScope``), checked before the conversion uses it."""
+        scope = document.get("armScope") or {}
+        unknown = sorted(set(scope) - {"subscriptionId", "resourceGroup"}) if isinstance(scope, dict) else ["?"]
+        if unknown:
+            raise ConfigError(self.source, [Problem("armScope", f"unknown keys {unknown} "
+                                                                "(allowed: subscriptionId, resourceGroup)")])
+        try:
+            subscription = normalize_subscription(str(scope.get("subscriptionId", DEFAULT_SUBSCRIPTION)))
+        except ValueError as exc:
+            raise ConfigError(self.source, [Problem("armScope.subscriptionId", str(exc))]) from None
+        return subscription, str(scope.get("resourceGroup", DEFAULT_RESOURCE_GROUP))
 
     def _check_schema(self, document: dict[str, Any]) -> None:
         validator = jsonschema.Draft202012Validator(schema())

@@ -954,3 +954,21 @@ def test_unsupported_rule_kinds_count_against_the_element_limit() -> None:
     rules = document["perimeters"][0]["profiles"][0]["accessRules"]
     rules.append({"name": "tags", "direction": "Inbound", "serviceTags": [f"Tag{i}" for i in range(200)]})
     assert "rule elements" in str(refuse(document))
+
+
+def test_arm_scope_names_the_deployment_subscription_and_group(tmp_path: Path) -> None:
+    """armScope is where the template is deployed: perimeter IDs and resourceId() results live there, so a
+    cross-perimeter rule can name the real perimeter ID."""
+    template = _template()
+    template["resources"][6]["properties"]["profile"]["id"] = (
+        "[resourceId('Microsoft.Network/networkSecurityPerimeters/profiles', 'nsp-contoso', 'storageProfile')]")
+    scope = {"subscriptionId": "22222222-3333-4444-5555-666666666666", "resourceGroup": "rg-real"}
+    config = _load_arm(tmp_path, template, extra={"armScope": scope})
+    assert config.perimeters[0].resource_id == (
+        "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg-real/providers/"
+        "Microsoft.Network/networkSecurityPerimeters/nsp-contoso")
+
+
+def test_arm_scope_subscription_must_be_a_guid(tmp_path: Path) -> None:
+    error = _refuse_arm(tmp_path, _template(), extra={"armScope": {"subscriptionId": "prod"}})
+    assert_reported(error, "armScope.subscriptionId", "prod", file="bindings.yaml")
