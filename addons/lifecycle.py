@@ -83,6 +83,8 @@ class NspLifecycle:
             self.demo = DemoBackend().start()
         modes = mitmproxy_modes(config, self.demo.url if self.demo else None)
         if modes and list(ctx.options.mode) != modes:
+            # OptionsError here (a listener mitmproxy cannot open) is logged by the runtime's watcher; the
+            # rules of the new generation are in force either way.
             # lazy: no upstream connection is opened before a request has been decided, so a denied caller
             # never causes as much as a TCP handshake with the resource behind the proxy.
             # keep_host_header: the inbound gate must see the Host the caller used (it is logged as

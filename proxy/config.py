@@ -17,6 +17,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import yaml
@@ -338,7 +339,8 @@ class _Validator:
         if listen and not upstream:
             self.fail(f"{path}.upstream", "a resource with 'listen' needs an 'upstream' (URL or builtin:demo)")
         if upstream and not _valid_upstream(upstream):
-            self.fail(f"{path}.upstream", f"{upstream!r} is not http(s)://host:port or builtin:demo")
+            self.fail(f"{path}.upstream", f"{upstream!r} is not http(s)://host[:port] (port 1-65535, no path) "
+                                          "or builtin:demo")
         fqdns = [
             self.attempt(f"{path}.serviceFqdns[{i}]", normalize_hostname, f)
             for i, f in enumerate(raw.get("serviceFqdns") or [])
@@ -445,10 +447,16 @@ def _nameserver(value: str | int) -> tuple[str, int]:
 
 
 def _valid_upstream(text: str) -> bool:
+    """``builtin:demo`` or ``http(s)://host[:port][/]`` with a port mitmproxy can dial."""
     if text == "builtin:demo":
         return True
-    scheme, sep, rest = text.partition("://")
-    return bool(sep) and scheme in ("http", "https") and bool(rest.strip("/"))
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises for 0 < port < 65536 violations and non-numeric ports
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/")
+            and not parts.query and not parts.fragment and port != 0)
 
 
 def _json_path(parts: Any) -> str:

@@ -104,19 +104,21 @@ class Runtime:
     def reload(self) -> bool:
         """Load the config file again; keep the current policy if the new one is not valid."""
         assert self.config_path is not None
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            self.metrics.reloads.labels("failure").inc()
-            log.error("config reload refused, keeping generation %d in force:\n%s", self.policy.generation, exc)
-            return False
         generation = self.policy.generation + 1
-        self.policy = compile_policy(config, generation)
-        self.trusted_proxies = _trusted(config)
-        self.resolver = Resolver(config.settings)
-        target = self.access_log_target(config)
-        if target != self.writer.target:
-            old, self.writer = self.writer, AccessLogWriter(target)
+        try:
+            # Build everything the new generation needs first; swap only when nothing can fail any more.
+            config = load_config(self.config_path)
+            policy = compile_policy(config, generation)
+            trusted, resolver = _trusted(config), Resolver(config.settings)
+            target = self.access_log_target(config)
+            writer = AccessLogWriter(target) if target != self.writer.target else None
+        except ConfigError as exc:
+            return self._refused(str(exc))
+        except (OSError, ValueError) as exc:
+            return self._refused(f"{self.config_path}: {exc}")
+        self.policy, self.trusted_proxies, self.resolver = policy, trusted, resolver
+        if writer is not None:
+            old, self.writer = self.writer, writer
             old.close()
         self.metrics.reloads.labels("success").inc()
         self.metrics.generation.set(generation)
@@ -124,6 +126,11 @@ class Runtime:
             log.warning("%s", warning)
         log.info("config generation %d in force (%s)", generation, config.source)
         return True
+
+    def _refused(self, why: str) -> bool:
+        self.metrics.reloads.labels("failure").inc()
+        log.error("config reload refused, keeping generation %d in force:\n%s", self.policy.generation, why)
+        return False
 
     def changed_on_disk(self) -> bool:
         signature = _signature(self.policy.config.files or (self.config_path,))
@@ -136,8 +143,11 @@ class Runtime:
         """Poll the config files; reload on change. Polling survives editors that replace files by rename."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            if self.config_path and self.changed_on_disk() and self.reload():
-                on_reload()
+            try:
+                if self.config_path and self.changed_on_disk() and self.reload():
+                    on_reload()
+            except Exception:  # the watcher must outlive any one bad reload
+                log.exception("config reload failed; watching for the next change")
 
     def close(self) -> None:
         self.writer.close()
