@@ -131,8 +131,13 @@ class OutboundGate:
             pinned, host, port = None, "?", 0
         if pinned is None:
             data.server.error = f"nsp-proxy: no decision allowed a connection to {host}:{port}"
-        else:
-            data.server.address = (pinned, port)
+            return
+        data.server.address = (pinned, port)
+        runtime = self.lifecycle.runtime
+        if runtime is not None and runtime.own_listener(pinned, port) == "reverse":
+            # A perimeter member's listener on this proxy: mitmproxy's self-connect guard (which saw only the
+            # name) must not stop the intra-perimeter call; loops into forward listeners were refused earlier.
+            data.server.error = None
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.pins.pop(client.id, None)
@@ -174,8 +179,14 @@ class OutboundGate:
                 addresses = ()
                 details["resolutionError"] = str(exc)
             usable = runtime.resolver.usable(addresses)
+            guard = None
             if addresses and not usable:
-                decision = runtime.decide_outbound(replace(facts, blocked_address=",".join(addresses)))
+                guard = (f"{host} resolves to {', '.join(addresses)}, which is in "
+                         "settings.blockedDestinationPrefixes")
+            elif usable and runtime.own_listener(usable[0], facts.destination_port) not in (None, "reverse"):
+                guard = f"{host}:{facts.destination_port} is this proxy's own listener (a forwarding loop)"
+            if guard:
+                decision = runtime.decide_outbound(replace(facts, refused_by_guard=guard))
             elif usable:
                 self.pins.setdefault(client.id, {})[(host.lower(), facts.destination_port)] = usable[0]
                 details["resolvedAddress"] = usable[0]

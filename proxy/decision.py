@@ -33,7 +33,7 @@ class OutboundFacts:
     protocol: str = "HTTPS"  # HTTP (plain forward), HTTPS (CONNECT), TCP
     host_header: str | None = None  # Host header of a plain request, when it differs it is an anomaly
     sni: str | None = None  # TLS server name seen inside a CONNECT tunnel
-    blocked_address: str | None = None  # the destination resolved into settings.blockedDestinationPrefixes
+    refused_by_guard: str | None = None  # why nsp-proxy's own guards refuse the dialled address (not an NSP rule)
 
 
 @dataclass(frozen=True)

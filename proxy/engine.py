@@ -45,8 +45,8 @@ def decide_outbound(policy: Policy, facts: OutboundFacts) -> Decision:
     try:
         if compiled is None:
             return _unattributed(policy, facts)
-        if facts.blocked_address:
-            return _blocked_destination(policy, compiled, facts)
+        if facts.refused_by_guard:
+            return _guarded_destination(policy, compiled, facts)
         return _outcome(policy, compiled, Direction.OUTBOUND, _evaluate_outbound(policy, compiled, facts), facts)
     except Exception as exc:  # noqa: BLE001 - fail closed
         return _failure(policy, compiled, Direction.OUTBOUND, exc)
@@ -206,17 +206,16 @@ def _unattributed(policy: Policy, facts: OutboundFacts) -> Decision:
     )
 
 
-def _blocked_destination(policy: Policy, compiled: CompiledAssociation, facts: OutboundFacts) -> Decision:
-    """``blockedDestinationPrefixes`` is nsp-proxy's own guard (metadata endpoints, DNS rebinding to private
-    ranges): it is not an NSP rule and applies in every mode, Transition included."""
+def _guarded_destination(policy: Policy, compiled: CompiledAssociation, facts: OutboundFacts) -> Decision:
+    """nsp-proxy's own guards (``blockedDestinationPrefixes``: metadata endpoints, DNS rebinding to private
+    ranges; a destination that is the proxy itself) are not NSP rules and refuse in every mode."""
     return Decision(
         direction=Direction.OUTBOUND, allowed=False, would_deny=True,
         category=Category.PUBLIC_OUTBOUND_PERIMETER_DENIED, result_action=ResultAction.DENIED,
         mode=compiled.association.mode, traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE,
         matched_rule=None, profile=compiled.profile.name, resource=compiled.association.name,
         perimeter=compiled.perimeter.name, generation=policy.generation,
-        reason=f"{facts.destination_host} resolves to {facts.blocked_address}, "
-               "which is in settings.blockedDestinationPrefixes (blocked in every mode)",
+        reason=f"{facts.refused_by_guard} (refused in every mode)",
     )
 
 

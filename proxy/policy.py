@@ -43,6 +43,7 @@ class Policy:
     member_sources: PrefixIndex[tuple[Perimeter, str]]  # outbound source prefix -> (perimeter, association)
     member_fqdns: FqdnIndex[Association]
     member_endpoints: dict[tuple[str, int], Association]
+    listeners: tuple[tuple[str, int, str], ...]  # (host, port, "reverse" | "forward") this proxy listens on
 
     def association(self, name: str | None) -> CompiledAssociation | None:
         return self.associations.get(name.lower()) if name else None
@@ -74,7 +75,19 @@ def compile_policy(config: Config, generation: int) -> Policy:
         member_sources=PrefixIndex(member_sources),
         member_fqdns=FqdnIndex(member_fqdns),
         member_endpoints=member_endpoints,
+        listeners=_listeners(config),
     )
+
+
+def _listeners(config: Config) -> tuple[tuple[str, int, str], ...]:
+    found = [(a.local.listen_host or "127.0.0.1", a.local.listen_port, "reverse")
+             for a in config.associations() if a.local.listen_port]
+    found += [(a.local.outbound_listen_host or "127.0.0.1", a.local.outbound_listen_port, "forward")
+              for a in config.associations() if a.local.outbound_listen_port]
+    s = config.settings
+    if s.outbound_listen_port:
+        found.append((s.outbound_listen_host or "127.0.0.1", s.outbound_listen_port, "forward"))
+    return tuple(found)
 
 
 def _compile_association(assoc: Association, perimeter: Perimeter, profile: Profile) -> CompiledAssociation:

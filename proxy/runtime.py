@@ -8,6 +8,7 @@ reload leaves the previous one untouched (brief: "a broken change never replaces
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import time
@@ -68,6 +69,22 @@ class Runtime:
             return self.overrides.metrics
         s = self.policy.config.settings
         return (s.metrics_listen_host or "127.0.0.1", s.metrics_listen_port) if s.metrics_listen_port else None
+
+    def own_listener(self, address: str, port: int) -> str | None:
+        """``reverse``, ``forward`` or ``metrics`` if dialling ``address:port`` reaches this proxy itself."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        local = ip.is_loopback or ip.is_unspecified
+        endpoints = [*self.policy.listeners]
+        metrics = self.metrics_endpoint()
+        if metrics:
+            endpoints.append((metrics[0], metrics[1], "metrics"))
+        for host, listen_port, kind in endpoints:
+            if listen_port == port and (local or address == host.strip("[]")):
+                return kind
+        return None
 
     # -- deciding ---------------------------------------------------------------------------------------------
 
