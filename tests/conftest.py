@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Azurite, Dnsmasq, RunningProxy, start_azurite, start_dnsmasq, start_proxy
+from tests.support import Azurite, Dnsmasq, Records, RunningProxy, start_azurite, start_dnsmasq, start_proxy
 
 
 @pytest.fixture
@@ -34,11 +34,12 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 
 
 @pytest.fixture
-def dnsmasq(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Dnsmasq]]:
-    """``dnsmasq({"name.test": "127.0.0.2"})`` starts a DNS server answering those names."""
+def dnsmasq(tmp_path: Path) -> Iterator[Callable[[Records], Dnsmasq]]:
+    """``dnsmasq({"name.test": "127.0.0.2", "multi.test": ["127.0.0.3", "127.0.0.4"]})`` starts a DNS server
+    answering those names (NXDOMAIN for others, every query logged)."""
     started: list[Dnsmasq] = []
 
-    def start(records: dict[str, str]) -> Dnsmasq:
+    def start(records: Records) -> Dnsmasq:
         server = start_dnsmasq(records, tmp_path / f"dns{len(started)}")
         started.append(server)
         return server

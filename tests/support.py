@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ class RunningProxy:
     access_log: Path
     metrics_port: int
     stderr_path: Path
+    stderr_file: Any = None  # our handle on the file the process writes its stderr to
 
     def records(self) -> list[dict[str, Any]]:
         if not self.access_log.exists():
@@ -129,6 +130,8 @@ class RunningProxy:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.stderr_file is not None:
+            self.stderr_file.close()
         return self.process.returncode
 
 
@@ -148,7 +151,7 @@ def start_proxy(config: dict[str, Any] | str, workdir: Path, *, extra_args: list
          "--metrics", f"127.0.0.1:{metrics_port}", *(extra_args or [])],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
     )
-    running = RunningProxy(process, config_path, access_log, metrics_port, stderr_path)
+    running = RunningProxy(process, config_path, access_log, metrics_port, stderr_path, stderr)
     ports = [metrics_port, *(wait_ports if wait_ports is not None else listen_ports(text))]
     try:
         for port in ports:
@@ -227,56 +230,130 @@ def blob_connection_string(port: int) -> str:
 
 # -- dnsmasq --------------------------------------------------------------------------------------------------
 
+Records = dict[str, str] | dict[str, list[str]]
+
 
 @dataclass
 class Dnsmasq:
+    """A real dnsmasq on 127.0.0.1: answers its records, NXDOMAIN for any other name, and logs every query."""
+
     process: subprocess.Popen
     port: int
-    records: dict[str, str] = field(default_factory=dict)
+    hosts: Path
+    log: Path
+    stderr: Any  # the open file dnsmasq writes its stderr to
+
+    def queried(self, name: str) -> bool:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return any(f"] {name} from " in line for line in text.splitlines() if "query[" in line)
+
+    def wait_queried(self, name: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.queried(name):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"dnsmasq never logged a query for {name}")
+
+    def remap(self, records: Records) -> None:
+        """Rewrite the records and SIGHUP dnsmasq; return once it answers with the new addresses."""
+        self.hosts.write_text(_hosts_text(records))
+        self.process.send_signal(signal.SIGHUP)
+        name, addresses = next(iter(_as_lists(records).items()))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if sorted(ask_dns(self.port, name)) == sorted(addresses):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"dnsmasq did not pick up the new address of {name}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+        self.stderr.close()
 
 
-def start_dnsmasq(records: dict[str, str], workdir: Path) -> Dnsmasq:
-    """A real DNS server on 127.0.0.1 answering ``records`` (name -> IPv4/IPv6 address) and NXDOMAIN otherwise."""
+def start_dnsmasq(records: Records, workdir: Path) -> Dnsmasq:
+    """Start dnsmasq answering ``records`` (name -> address or addresses, IPv4 or IPv6)."""
     binary = require("dnsmasq", "apt-get install dnsmasq-base")
-    port = free_udp_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    hosts = workdir / "dns.hosts"
-    hosts.write_text("".join(f"{address} {name}\n" for name, address in records.items()))
-    process = subprocess.Popen(
-        [binary, "--keep-in-foreground", "--no-daemon", "--port", str(port), "--listen-address", "127.0.0.1",
-         "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--user=root",
-         "--pid-file=" + str(workdir / "dnsmasq.pid"), "--log-facility=" + str(workdir / "dnsmasq.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    _wait_for_dns(port, next(iter(records)), process)
-    return Dnsmasq(process, port, dict(records))
+    hosts, log = workdir / "dns.hosts", workdir / "dnsmasq.log"
+    hosts.write_text(_hosts_text(records))
+    for _attempt in range(3):  # a port free when probed can be taken by the time dnsmasq binds it
+        port = _free_dns_port()
+        stderr = (workdir / "dnsmasq.stderr").open("w")
+        process = subprocess.Popen(
+            [binary, "--keep-in-foreground", "--no-daemon", "--port", str(port), "--listen-address", "127.0.0.1",
+             "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--user=root",
+             f"--pid-file={workdir / 'dnsmasq.pid'}", f"--log-facility={log}", "--log-queries", "--local=/#/"],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )
+        server = Dnsmasq(process, port, hosts, log, stderr)
+        if _wait_for_dns(server):
+            return server
+        server.stop()
+        if "Address already in use" not in (workdir / "dnsmasq.stderr").read_text():
+            break
+    raise RuntimeError(f"dnsmasq did not start: {(workdir / 'dnsmasq.stderr').read_text()}")
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_dns(port: int, name: str, process: subprocess.Popen) -> None:
+def ask_dns(port: int, name: str) -> list[str]:
+    """The A records dnsmasq on ``port`` gives for ``name`` (empty on any failure)."""
+    import dns.exception
     import dns.message
     import dns.query
 
+    try:
+        answer = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.3)
+    except (OSError, dns.exception.DNSException):
+        return []
+    return [r.address for rrset in answer.answer for r in rrset]
+
+
+def _as_lists(records: Records) -> dict[str, list[str]]:
+    return {name: [value] if isinstance(value, str) else list(value) for name, value in records.items()}
+
+
+def _hosts_text(records: Records) -> str:
+    return "".join(f"{address} {name}\n" for name, addresses in _as_lists(records).items() for address in addresses)
+
+
+def _free_dns_port() -> int:
+    """A port free on both UDP and TCP (dnsmasq listens on both)."""
+    for _ in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free on both UDP and TCP")
+
+
+def _wait_for_dns(server: Dnsmasq) -> bool:
+    """Ready when a name it does not know gets NXDOMAIN; False if dnsmasq exits or never answers."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dnsmasq exited: {process.stderr.read().decode() if process.stderr else ''}")
+        if server.process.poll() is not None:
+            return False
         try:
-            dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.3)
-            return
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.05)
-    raise TimeoutError("dnsmasq did not answer")
+            probe = dns.query.udp(dns.message.make_query("ready.probe.invalid", "A"), "127.0.0.1",
+                                  port=server.port, timeout=0.3)
+            if probe.rcode() == dns.rcode.NXDOMAIN:
+                return True
+        except (OSError, dns.exception.DNSException):
+            pass
+        time.sleep(0.05)
+    return False
 
 
 # -- loopback backends ----------------------------------------------------------------------------------------
