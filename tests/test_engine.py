@@ -396,9 +396,12 @@ def test_outbound_unattributed_caller_is_denied(policy: Policy) -> None:
 
 @pytest.mark.parametrize("resource", ["storage", "vault", "search-audit"])
 def test_outbound_blocked_destination_is_denied_in_every_mode(policy: Policy, resource: str) -> None:
-    decision = outbound(policy, resource, "login.microsoftonline.com", blocked_address="169.254.169.254")
-    assert not decision.allowed
-    assert "blockedDestinationPrefixes" in decision.reason
+    guard = "login.microsoftonline.com resolves to 169.254.169.254, which is in settings.blockedDestinationPrefixes"
+    decision = outbound(policy, resource, "login.microsoftonline.com", refused_by_guard=guard)
+    assert not decision.allowed and decision.would_deny
+    assert decision.result_action is ResultAction.DENIED
+    assert decision.category is Category.PUBLIC_OUTBOUND_PERIMETER_DENIED
+    assert guard in decision.reason and "refused in every mode" in decision.reason
 
 
 def test_outbound_attribution_by_listener_and_source(policy: Policy) -> None:
