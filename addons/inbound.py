@@ -18,6 +18,7 @@ from proxy.claims import subscription_from_bearer
 from proxy.clientip import effective_client_ip
 from proxy.decision import InboundFacts
 from proxy.denials import inbound_denial
+from proxy.model import Direction
 
 
 class InboundGate:
@@ -29,10 +30,11 @@ class InboundGate:
         runtime = self.lifecycle.runtime
         if runtime is None or flow.request.method == "CONNECT":
             return  # mitmproxy refuses CONNECT on a reverse listener itself: nothing reaches the resource
-        policy = runtime.policy
-        resource = policy.inbound_ports.get(flow.client_conn.proxy_mode.custom_listen_port or 0)
-        if resource is None:
+        if self.lifecycle.gate_for(flow.client_conn) is not Direction.INBOUND:
             return  # not an inbound listener: the outbound gate's business
+        policy = runtime.policy
+        # None on a listener no association claims any more: the engine denies it (fail closed).
+        resource = policy.inbound_ports.get(flow.client_conn.proxy_mode.custom_listen_port or 0) or ""
         compiled = policy.association(resource)
         request = flow.request
         peer_ip, peer_port = flow.client_conn.peername[:2]
@@ -79,9 +81,10 @@ class InboundGate:
         """Defence in depth: an inbound listener only ever dials its own upstream."""
         runtime = self.lifecycle.runtime
         mode = data.client.proxy_mode
-        if runtime is None or (mode.custom_listen_port or 0) not in runtime.policy.inbound_ports:
+        if runtime is None or self.lifecycle.gate_for(data.client) is not Direction.INBOUND:
             return
-        if not isinstance(mode, ReverseMode) or data.server.address != mode.address:
+        claimed = (mode.custom_listen_port or 0) in runtime.policy.inbound_ports
+        if not claimed or not isinstance(mode, ReverseMode) or data.server.address != mode.address:
             data.server.error = f"nsp-proxy: an inbound listener only dials its upstream, not {data.server.address}"
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import connection, ctx, exceptions
 from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from proxy.config import load_config
 from proxy.demo_backend import DemoBackend
 from proxy.errors import ConfigError
 from proxy.listeners import mitmproxy_modes
+from proxy.model import Direction
 from proxy.normalize import parse_endpoint
 from proxy.runtime import Overrides, Runtime
 
@@ -32,6 +34,7 @@ class NspLifecycle:
         self.demo: DemoBackend | None = None
         self._watch: asyncio.Task | None = None
         self.rewrites_host_header = False  # True when this addon turned on keep_host_header for the gate
+        self.manages_listeners = False  # True when every mitmproxy listener is one this addon opened
 
     def load(self, loader: Loader) -> None:
         loader.add_option("nsp_config", str, "", "nsp-proxy configuration file (YAML).")
@@ -74,15 +77,39 @@ class NspLifecycle:
         if self.demo:
             self.demo.stop()
 
+    def gate_for(self, client: connection.Client) -> Direction | None:
+        """Which gate owns the listener ``client`` came in on (None: not nsp-proxy's listener).
+
+        A listener the policy in force names belongs to its gate. When this addon manages mitmproxy's
+        listeners, every listener is one it opened, so one the policy no longer names (an association removed
+        by a reload, its listener still closing) belongs to a gate too, which refuses what arrives on it:
+        undecided traffic is never forwarded.
+        """
+        if self.runtime is None:
+            return None
+        policy = self.runtime.policy
+        port = client.proxy_mode.custom_listen_port or 0
+        if port in policy.inbound_ports:
+            return Direction.INBOUND
+        if port in policy.outbound_ports:
+            return Direction.OUTBOUND
+        if not self.manages_listeners:
+            return None
+        return Direction.INBOUND if isinstance(client.proxy_mode, ReverseMode) else Direction.OUTBOUND
+
     def _apply_listeners(self) -> None:
         assert self.runtime is not None
         if not ctx.options.nsp_manage_modes:
             return
+        self.manages_listeners = True
         config = self.runtime.policy.config
         if self.demo is None and any(a.local.upstream == "builtin:demo" for a in config.associations()):
             self.demo = DemoBackend().start()
         modes = mitmproxy_modes(config, self.demo.url if self.demo else None)
-        if modes and list(ctx.options.mode) != modes:
+        if not modes:
+            # Never mitmproxy's default listener (an open forward proxy on *:8080): no listener at all.
+            log.warning("nsp-proxy: the configuration in force names no listener; nothing is listening")
+        if list(ctx.options.mode) != modes:
             # OptionsError here (a listener mitmproxy cannot open) is logged by the runtime's watcher; the
             # rules of the new generation are in force either way.
             # lazy: no upstream connection is opened before a request has been decided, so a denied caller

@@ -24,6 +24,7 @@ from addons.lifecycle import NspLifecycle
 from proxy.decision import Decision, OutboundFacts
 from proxy.denials import outbound_denial
 from proxy.engine import attribute_outbound
+from proxy.model import Direction
 from proxy.normalize import ip_literal_address, is_ip_literal
 from proxy.resolver import ResolutionError
 from proxy.runtime import Runtime
@@ -147,10 +148,9 @@ class OutboundGate:
 
     def _runtime_for(self, client: connection.Client) -> Runtime | None:
         """The runtime, if ``client`` came in on one of the configuration's forward-proxy listeners."""
-        runtime = self.lifecycle.runtime
-        if runtime is None or (client.proxy_mode.custom_listen_port or 0) not in runtime.policy.outbound_ports:
+        if self.lifecycle.gate_for(client) is not Direction.OUTBOUND:
             return None
-        return runtime
+        return self.lifecycle.runtime
 
     @staticmethod
     def _facts(runtime: Runtime, client: connection.Client, host: str, port: int, protocol: str,

@@ -233,6 +233,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(path)
     if config is None:
         return EXIT_INVALID
+    if not mitmproxy_modes(config, "builtin:demo"):
+        print(f"nsp-proxy: {config.source}: the configuration names no listener, so there is nothing to run: give "
+              "an association local.listen (inbound) or local.outboundListen, or settings.outbound (outbound)",
+              file=sys.stderr)
+        return EXIT_INVALID
     if args.metrics and args.metrics.lower() != "off":
         try:
             parse_endpoint(args.metrics)

@@ -34,7 +34,8 @@ def decide_inbound(policy: Policy, facts: InboundFacts) -> Decision:
     compiled = policy.association(facts.resource)
     try:
         if compiled is None:
-            raise LookupError(f"no resource association named {facts.resource!r}")
+            raise LookupError(f"no resource association named {facts.resource!r}" if facts.resource
+                              else "no resource association claims this listener")
         return _outcome(policy, compiled, Direction.INBOUND, _evaluate_inbound(policy, compiled, facts), facts)
     except Exception as exc:  # noqa: BLE001 - fail closed
         return _failure(policy, compiled, Direction.INBOUND, exc)

@@ -293,6 +293,44 @@ def test_association_added_on_reload_opens_its_listener(nsp_proxy, backend: Back
     assert status(url(store)) == 200
 
 
+def test_removed_association_is_refused_on_a_connection_still_open(nsp_proxy, backend: Backend,
+                                                                    store: dict[str, Any]) -> None:
+    """Removing an association closes its listener, but a keep-alive connection opened before stays up for a
+    moment: what it sends next is refused (fail closed), never forwarded undecided."""
+    keep_alive(backend)
+    vault = association("e2e-vault", free_port(), backend.port, mode="Learning")
+    proxy = nsp_proxy(perimeter([ALLOW_LOOPBACK], [store, vault]))
+    with httpx.Client(timeout=5) as client:
+        assert client.get(url(vault, "/secrets/s1")).status_code == 200
+        hits = len(backend.hits)
+        proxy.write_config(perimeter([ALLOW_LOOPBACK], [store]))
+        assert wait_until(lambda: generation_of(proxy) == 2) is not None, proxy.stderr()
+        try:
+            answer: int | None = client.get(url(vault, "/secrets/s2")).status_code
+        except httpx.TransportError:
+            answer = None  # the connection was closed with its listener: refused too
+        assert answer in (None, 403)
+    assert len(backend.hits) == hits, "a request on a removed association's listener reached the upstream"
+    if answer == 403:
+        record = last_record(proxy)
+        assert (record["ResultAction"], record["AccessRuleVersion"]) == ("Denied", "2")
+        assert "no resource association claims this listener" in record["ResultDescription"]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url(vault), timeout=2)
+    assert status(url(store)) == 200
+
+
+def test_refuses_to_run_a_configuration_without_listeners(tmp_path: Path) -> None:
+    """No listener in the file: refused, never mitmproxy's default (an open forward proxy on *:8080)."""
+    config = perimeter([ALLOW_LOOPBACK], [association("e2e-store", free_port(), 1)])
+    del config["perimeters"][0]["resourceAssociations"][0]["local"]
+    path = tmp_path / "nolisten.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = run_cli("run", "--config", str(path), "--metrics", "off", timeout=20)
+    assert result.returncode == 1
+    assert f"{path}: the configuration names no listener" in result.stderr
+
+
 # -- refusing to start ----------------------------------------------------------------------------------------
 
 
