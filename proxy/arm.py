@@ -1,9 +1,10 @@
 """Azure ARM input: templates and exports of ``Microsoft.Network/networkSecurityPerimeters`` resources.
 
 An ARM file says everything Azure knows (perimeters, profiles, access rules, associations) but nothing about
-where a resource lives on this machine, so it is always paired with ``bindings`` (association name or
-resource ID -> ``local`` block). The result is the same plain document the native YAML gives, plus a map from
-its paths back to the ARM file's paths so that errors point at the line the user wrote.
+where a resource lives on this machine, so to run it is paired with ``bindings`` (association name or
+resource ID -> ``local`` block); alone, it is enough to validate and explain. The result is the same plain
+document the native YAML gives, plus a map from its paths back to the ARM file's paths so that errors point at
+the line the user wrote.
 
 The template expressions NSP templates use are evaluated (``proxy.arm_expressions``): parameters (by their
 ``defaultValue``), variables, concat, format and resourceId. Others are reported, not guessed.
@@ -26,8 +27,8 @@ KNOWN_CHILDREN = {"profiles", "profiles/accessrules", "resourceassociations"}
 
 
 def looks_like_arm(document: Any) -> bool:
-    if isinstance(document, list):
-        return True
+    if isinstance(document, list):  # the REST API's list without its {"value": ...} wrapper
+        return bool(document) and all(isinstance(item, dict) and "type" in item for item in document)
     return isinstance(document, dict) and (
         "resources" in document or "value" in document or str(document.get("type", "")).lower() == NSP_TYPE
     )
@@ -54,6 +55,13 @@ def convert_file(path: Path, bindings: dict[str, Any], subscription_id: str = DE
         raise ConfigError(source, [Problem("", f"cannot read ARM file: {exc.strerror or exc}")]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(source, [Problem(f"line {exc.lineno}, column {exc.colno}", f"not JSON: {exc.msg}")]) from None
+    return convert_document(document, source, bindings, subscription_id, resource_group)
+
+
+def convert_document(document: Any, source: str, bindings: dict[str, Any],
+                     subscription_id: str = DEFAULT_SUBSCRIPTION, resource_group: str = DEFAULT_RESOURCE_GROUP,
+                     ) -> tuple[dict[str, Any], dict[str, Origin]]:
+    """Convert an ARM document already read from ``source`` (see ``convert_file``)."""
     return _Converter(source, subscription_id, resource_group).convert(document, bindings)
 
 

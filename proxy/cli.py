@@ -235,7 +235,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if not mitmproxy_modes(config, "builtin:demo"):
         print(f"nsp-proxy: {config.source}: the configuration names no listener, so there is nothing to run: give "
-              "an association local.listen (inbound) or local.outboundListen, or settings.outbound (outbound)",
+              "an association local.listen (inbound) or local.outboundListen, or settings.outbound (outbound); "
+              "an ARM file is run through a YAML file that gives 'arm:' and 'bindings:' (see README)",
               file=sys.stderr)
         return EXIT_INVALID
     if args.metrics and args.metrics.lower() != "off":

@@ -82,20 +82,26 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config_text(text: str, source: str, base_dir: Path | None = None) -> Config:
     try:
-        document = yaml.safe_load(text) if text.strip() else None
+        document = _parse_json_or_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(source, [Problem(where, f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}")]) from None
-    if not isinstance(document, dict):
-        raise ConfigError(source, [Problem("", "expected a mapping with 'perimeters' (or 'arm' and 'bindings')")])
-    if arm.looks_like_arm(document):
-        raise ConfigError(
-            source,
-            [Problem("", "this is an ARM template/export; reference it from a YAML file with "
-                         "'arm: <file>' and give 'bindings:' for the local endpoints (see README)")],
-        )
+    if not isinstance(document, dict) and not arm.looks_like_arm(document):
+        raise ConfigError(source, [Problem("", "expected a mapping with 'perimeters' (or 'arm' and 'bindings'), "
+                                               "or an ARM template/export")])
     return _Validator(source, base_dir or Path(".")).run(document)
+
+
+def _parse_json_or_yaml(text: str) -> Any:
+    """JSON (ARM files, which may indent with tabs that YAML refuses) or YAML; YAML's errors otherwise."""
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            pass  # YAML flow style, or broken JSON: YAML's parser says where
+    return yaml.safe_load(text) if stripped else None
 
 
 class _Validator:
@@ -128,10 +134,13 @@ class _Validator:
             self.fail(path, str(exc))
             return None
 
-    def run(self, document: dict[str, Any]) -> Config:
-        document = self._lift_properties(document, "")
-        if "arm" in document:
-            document = self._import_arm(document)
+    def run(self, document: Any) -> Config:
+        if arm.looks_like_arm(document):
+            document = self._convert_arm(document)
+        else:
+            document = self._lift_properties(document, "")
+            if "arm" in document:
+                document = self._import_arm(document)
         self._check_schema(document)
         if self.problems:
             raise ConfigError(self.source, self.problems)
@@ -180,6 +189,13 @@ class _Validator:
         self.origins.update(origins)
         rest = {k: v for k, v in document.items() if k not in ("arm", "bindings", "armScope")}
         return {**rest, **converted}
+
+    def _convert_arm(self, document: Any) -> dict[str, Any]:
+        """An ARM template/export given as the configuration itself: Azure's rules with no local endpoints,
+        enough to validate and explain (``run`` needs listeners: a YAML file with ``arm:`` and ``bindings:``)."""
+        converted, origins = arm.convert_document(document, self.source, {})
+        self.origins.update(origins)
+        return converted
 
     def _arm_scope(self, document: dict[str, Any]) -> tuple[str, str]:
         """The deployment scope of the ARM file (``armScope``), checked before the conversion uses it."""

@@ -376,9 +376,6 @@ def test_json_is_accepted_as_yaml() -> None:
     assert config.perimeters[0].name == "p1"
 
 
-def test_arm_document_given_directly_is_refused_with_a_hint() -> None:
-    arm = json.dumps({"resources": [{"type": "Microsoft.Network/networkSecurityPerimeters", "name": "nsp1"}]})
-    assert_reported(refuse(arm, source="nsp.json"), "(top level)", "ARM", "arm: <file>", "bindings", file="nsp.json")
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -795,6 +792,46 @@ def test_arm_export_with_list_and_single_resource_shapes(tmp_path: Path) -> None
     single = copy.deepcopy(export["value"][0])
     config = _load_arm(tmp_path, single)
     assert config.perimeters[0].name == "nsp-contoso"
+
+
+def test_arm_file_given_directly_has_the_rules_and_no_listeners() -> None:
+    """validate and explain need only Azure's rules: an ARM file is a configuration by itself."""
+    for name in ("nsp-template.json", "nsp-export.json"):
+        direct = load_config(ARM_DIR / name)
+        bound = load_config(ARM_DIR / ("bindings.yaml" if name == "nsp-template.json" else "export-bindings.yaml"))
+        assert direct.perimeters[0].profiles == bound.perimeters[0].profiles
+        assert [(a.name, a.resource_id, a.mode) for a in direct.associations()] == [
+            (a.name, a.resource_id, a.mode) for a in bound.associations()]
+        assert all(a.local.listen_port is None for a in direct.associations())
+        assert direct.files == (str(ARM_DIR / name),)
+
+
+def test_arm_file_given_directly_reports_problems_in_its_own_terms() -> None:
+    template = _template()
+    template["resources"][2]["properties"]["addressPrefixes"][1] = "203.0.113.1/24"
+    error = refuse(json.dumps(template, indent="\t"), source="nsp.json")  # tab-indented JSON is still JSON
+    assert_reported(error, "resources[2].properties.addressPrefixes[1]", "host bits", file="nsp.json")
+
+
+def test_neither_configuration_nor_arm_is_refused_naming_both() -> None:
+    for text in ("[1, 2]", "42", "- perimeters\n"):
+        assert_reported(refuse(text, source="x.json"), "(top level)", "'perimeters'", "ARM template/export",
+                        file="x.json")
+
+
+def test_explain_and_validate_take_an_arm_file() -> None:
+    template = str(ARM_DIR / "nsp-template.json")
+    assert run_cli("validate", template).returncode == 0
+    allowed = run_cli("explain", "-c", template, "-r", "stcontoso-assoc", "--source-ip", "203.0.113.9")
+    assert allowed.returncode == 0 and "allow-office" in allowed.stdout
+    denied = run_cli("explain", "-c", template, "-r", "stcontoso-assoc", "--source-ip", "198.51.100.1")
+    assert denied.returncode == 3 and "NspPublicInboundPerimeterRulesDenied" in denied.stdout
+
+
+def test_run_refuses_an_arm_file_without_bindings() -> None:
+    result = run_cli("run", "-c", str(ARM_DIR / "nsp-export.json"), "--metrics", "off")
+    assert result.returncode == 1
+    assert "names no listener" in result.stderr and "bindings" in result.stderr
 
 
 # -- the shipped examples -----------------------------------------------------------------------------------------
