@@ -50,6 +50,7 @@ class InboundGate:
             source_port=peer_port if source_ip == peer_ip else 0,
             subscription=claimed if trusted else None,
             protocol="HTTPS" if flow.client_conn.tls else "HTTP",
+            destination_port=flow.client_conn.sockname[1],
             host=request.host_header or "",
         )
         decision = runtime.decide_inbound(facts)

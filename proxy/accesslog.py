@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.model import Direction
 from proxy.policy import Policy
 from proxy.telemetry import Field
 
@@ -36,17 +35,14 @@ def build_record(
     compiled = policy.association(decision.resource)
     resource_id = compiled.association.resource_id if compiled else ""
     location = compiled.perimeter.location if compiled else ""
-    perimeter_id = compiled.perimeter.resource_id if compiled else ""
     if isinstance(facts, InboundFacts):
-        source_resource, destination_resource = "", resource_id
+        destination_resource = resource_id
         destination_fqdn = _service_fqdn(compiled, facts)
-        destination_port = 0
-        source_protocol = destination_protocol = facts.protocol
+        destination_port = facts.destination_port
     else:
-        source_resource, destination_resource = resource_id, ""
+        destination_resource = ""
         destination_fqdn = facts.destination_host
         destination_port = facts.destination_port
-        source_protocol = destination_protocol = facts.protocol
     description = decision.reason if not decision.error else f"{decision.reason}: {decision.error}"
     record = {
         Field.TIME_GENERATED: stamp,
@@ -65,14 +61,14 @@ def build_record(
         Field.TRAFFIC_TYPE: decision.traffic_type.value,
         Field.SOURCE_IP_ADDRESS: facts.source_ip,
         Field.SOURCE_PORT: facts.source_port,
-        Field.SOURCE_PROTOCOL: source_protocol,
-        Field.SOURCE_RESOURCE_ID: source_resource,
+        Field.SOURCE_PROTOCOL: facts.protocol,
+        Field.SOURCE_RESOURCE_ID: decision.source_resource_id,
         Field.SOURCE_APP_ID: "",
-        Field.SOURCE_PERIMETER_GUIDS: perimeter_id if decision.direction is Direction.OUTBOUND else "",
+        Field.SOURCE_PERIMETER_GUIDS: decision.source_perimeter_guid,
         Field.SOURCE_PARAMETERS: _params(source_parameters),
         Field.DESTINATION_FQDN: destination_fqdn,
         Field.DESTINATION_PORT: destination_port,
-        Field.DESTINATION_PROTOCOL: destination_protocol,
+        Field.DESTINATION_PROTOCOL: facts.protocol,
         Field.DESTINATION_RESOURCE_ID: destination_resource,
         Field.DESTINATION_EMAIL_ADDRESS: "",
         Field.DESTINATION_PHONE_NUMBER: "",

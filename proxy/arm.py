@@ -169,6 +169,9 @@ class _Converter:
             out["location"] = resource["location"]
         if str(resource.get("id", "")).lower().startswith("/subscriptions/"):
             out["id"] = resource["id"]
+        guid = (resource.get("properties") or {}).get("perimeterGuid")
+        if guid:
+            out["perimeterGuid"] = guid
         return out
 
     def _attach(self, perimeter: dict[str, Any], kind: str, names: list[str], resource: dict[str, Any],

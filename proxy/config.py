@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
@@ -188,14 +189,14 @@ class _Validator:
             raise ConfigError(self.source, problems) from None
         self.origins.update(origins)
         rest = {k: v for k, v in document.items() if k not in ("arm", "bindings", "armScope")}
-        return {**rest, **converted}
+        return {**rest, **self._lift_properties(converted, "")}  # Azure's enums in any case, as ARM takes them
 
     def _convert_arm(self, document: Any) -> dict[str, Any]:
         """An ARM template/export given as the configuration itself: Azure's rules with no local endpoints,
         enough to validate and explain (``run`` needs listeners: a YAML file with ``arm:`` and ``bindings:``)."""
         converted, origins = arm.convert_document(document, self.source, {})
         self.origins.update(origins)
-        return converted
+        return self._lift_properties(converted, "")
 
     def _arm_scope(self, document: dict[str, Any]) -> tuple[str, str]:
         """The deployment scope of the ARM file (``armScope``), checked before the conversion uses it."""
@@ -279,7 +280,9 @@ class _Validator:
             for i, a in enumerate(raw.get("resourceAssociations") or [])
         )
         self._unique(path, "resourceAssociations", [a.name for a in associations], "resource association")
-        return Perimeter(name, str(raw.get("location", "local")), resource_id, profiles, associations)
+        # Azure logs perimeters by GUID; without the real one, a GUID derived from the ID stays stable across runs.
+        guid = str(raw.get("perimeterGuid") or uuid.uuid5(uuid.NAMESPACE_URL, resource_id.lower())).lower()
+        return Perimeter(name, str(raw.get("location", "local")), resource_id, profiles, associations, guid)
 
     def _profile(self, raw: dict[str, Any], path: str) -> Profile:
         rules = tuple(

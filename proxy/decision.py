@@ -17,8 +17,8 @@ class InboundFacts:
     source_port: int = 0
     subscription: str | None = None  # as sent by the caller; normalised by the engine
     protocol: str = "HTTP"
-    operation: str = ""  # e.g. "PUT /container/blob"
     host: str = ""  # Host header, for the log only
+    destination_port: int = 0  # the listener's port the caller dialled, for the log only
 
 
 @dataclass(frozen=True)
@@ -55,3 +55,7 @@ class Decision:
     reason: str
     generation: int
     error: str | None = None  # set when the engine failed and this decision is the fail-safe one
+    # The caller as a perimeter member: outbound, the resource itself; inbound, a member caller (intra or
+    # cross-perimeter); empty for public callers.
+    source_perimeter_guid: str = ""
+    source_resource_id: str = ""

@@ -28,6 +28,7 @@ class _Verdict:
     traffic_type: TrafficType
     matched_rule: str | None
     reason: str
+    source_member: str | None = None  # inbound: the association a member caller is (intra or cross-perimeter)
 
 
 def decide_inbound(policy: Policy, facts: InboundFacts) -> Decision:
@@ -75,7 +76,7 @@ def _evaluate_inbound(policy: Policy, compiled: CompiledAssociation, facts: Inbo
     for perimeter, member in members:
         if perimeter.name == own_perimeter:
             return _Verdict(RuleType.INTRA_PERIMETER, TrafficType.INTRA, None,
-                            f"caller is {member!r}, a member of perimeter {own_perimeter!r}")
+                            f"caller is {member!r}, a member of perimeter {own_perimeter!r}", member)
     rule = compiled.inbound_prefixes.lookup(source)
     if rule:
         return _Verdict(RuleType.ADDRESS_PREFIXES, TrafficType.PUBLIC, rule, f"source {source} matches rule {rule!r}")
@@ -88,7 +89,8 @@ def _evaluate_inbound(policy: Policy, compiled: CompiledAssociation, facts: Inbo
             perimeter.name.lower())
         if rule:
             return _Verdict(RuleType.PERIMETERS, TrafficType.CROSS, rule,
-                            f"caller {member!r} is in perimeter {perimeter.name!r}, allowed by rule {rule!r}")
+                            f"caller {member!r} is in perimeter {perimeter.name!r}, allowed by rule {rule!r}",
+                            member)
     said = f" or subscription {subscription}" if subscription else ""
     return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None, f"no inbound rule allows source {source}{said}")
 
@@ -152,10 +154,13 @@ def _outcome(
 ) -> Decision:
     assoc = compiled.association
     mode = assoc.mode
+    source = compiled if direction is Direction.OUTBOUND else policy.association(verdict.source_member)
     common = {
         "direction": direction, "mode": mode, "traffic_type": verdict.traffic_type, "profile": compiled.profile.name,
         "resource": assoc.name, "perimeter": compiled.perimeter.name, "generation": policy.generation,
         "matched_rule": verdict.matched_rule,
+        "source_perimeter_guid": source.perimeter.guid if source else "",
+        "source_resource_id": source.association.resource_id if source else "",
     }
     if verdict.allowed_by is not RuleType.NONE:
         return Decision(allowed=True, would_deny=False, category=_ALLOWED[(direction, verdict.allowed_by)],
@@ -215,20 +220,23 @@ def _guarded_destination(policy: Policy, compiled: CompiledAssociation, facts: O
         category=Category.PUBLIC_OUTBOUND_PERIMETER_DENIED, result_action=ResultAction.DENIED,
         mode=compiled.association.mode, traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE,
         matched_rule=None, profile=compiled.profile.name, resource=compiled.association.name,
-        perimeter=compiled.perimeter.name, generation=policy.generation,
-        reason=f"{facts.refused_by_guard} (refused in every mode)",
+        perimeter=compiled.perimeter.name, generation=policy.generation, source_perimeter_guid=compiled.perimeter.guid,
+        source_resource_id=compiled.association.resource_id, reason=f"{facts.refused_by_guard} (refused in every mode)",
     )
 
 
 def _failure(policy: Policy, compiled: CompiledAssociation | None, direction: Direction, exc: Exception) -> Decision:
     mode = compiled.association.mode if compiled else None
     blocks = mode in (None, AccessMode.ENFORCED)
+    outbound_source = compiled is not None and direction is Direction.OUTBOUND
     return Decision(
         direction=direction, allowed=not blocks, would_deny=True, category=_PERIMETER_DENIED[direction],
         result_action=ResultAction.DENIED, mode=mode, traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE,
         matched_rule=None, profile=compiled.profile.name if compiled else None,
         resource=compiled.association.name if compiled else None,
         perimeter=compiled.perimeter.name if compiled else None, generation=policy.generation,
+        source_perimeter_guid=compiled.perimeter.guid if outbound_source else "",
+        source_resource_id=compiled.association.resource_id if outbound_source else "",
         reason=f"error while deciding ({'denied: fail closed' if blocks else 'not blocked in ' + mode.value})",
         error=f"{type(exc).__name__}: {exc}",
     )

@@ -107,6 +107,7 @@ class Perimeter:
     resource_id: str
     profiles: tuple[Profile, ...]
     associations: tuple[Association, ...]
+    guid: str = ""  # Azure's perimeterGuid (lower case): what access logs name a perimeter by
 
 
 @dataclass(frozen=True)

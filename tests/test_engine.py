@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,35 @@ def test_unknown_resource_is_denied(policy: Policy) -> None:
 
 def test_resource_names_are_case_insensitive(policy: Policy) -> None:
     assert inbound(policy, "STORAGE", "10.1.2.3").resource == "storage"
+
+
+def test_member_callers_are_named_by_resource_and_perimeter_guid(policy: Policy) -> None:
+    """SourceResourceId / SourcePerimeterGuids: the calling member (inbound intra and cross), the resource
+    itself (outbound); nothing for public callers."""
+    main, other = (p for p in policy.config.perimeters)
+    intra = inbound(policy, "storage", "10.50.0.9")  # the vault calling
+    assert (intra.source_resource_id, intra.source_perimeter_guid) == (rid("Microsoft.KeyVault/vaults", "kv1"),
+                                                                       main.guid)
+    cross = inbound(policy, "storage", "198.18.0.4")  # p-other's member, allowed by the partners rule
+    assert cross.rule_type is RuleType.PERIMETERS
+    assert cross.source_perimeter_guid == other.guid != main.guid
+    public = inbound(policy, "storage", "10.1.2.3")
+    assert (public.source_resource_id, public.source_perimeter_guid) == ("", "")
+    out = outbound(policy, "storage", "example.org")
+    assert (out.source_resource_id, out.source_perimeter_guid) == (rid("Microsoft.Storage/storageAccounts", "st1"),
+                                                                   main.guid)
+
+
+def test_perimeter_guid_is_derived_from_the_id_unless_given() -> None:
+    derived = parse_config_text(CONFIG, "a.yaml").perimeters[0].guid
+    assert derived == parse_config_text(CONFIG, "b.yaml").perimeters[0].guid  # stable across loads
+    assert str(uuid.UUID(derived)) == derived
+    given = CONFIG.replace("    location: westeurope\n    subscriptionId: " + MAIN_SUB,
+                           "    location: westeurope\n    perimeterGuid: 6B2F7C1E-3D4A-4F5B-9C8D-0E1F2A3B4C5D\n"
+                           "    subscriptionId: " + MAIN_SUB, 1)
+    assert parse_config_text(given, "c.yaml").perimeters[0].guid == "6b2f7c1e-3d4a-4f5b-9c8d-0e1f2a3b4c5d"
+    export = load_config(REPO / "config" / "examples" / "arm" / "export-bindings.yaml")
+    assert export.perimeters[0].guid == "6b2f7c1e-3d4a-4f5b-9c8d-0e1f2a3b4c5d"  # properties.perimeterGuid
 
 
 # -- inbound: each mode's outcome when nothing allows it -----------------------------------------------------------
