@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 
-from tests.support import Azurite, Dnsmasq, Records, RunningProxy, start_azurite, start_dnsmasq, start_proxy
+from tests.support import (
+    Azurite,
+    Backend,
+    Dnsmasq,
+    Records,
+    RunningProxy,
+    start_azurite,
+    start_backend,
+    start_dnsmasq,
+    start_proxy,
+)
 
 
 @pytest.fixture
@@ -47,3 +57,11 @@ def dnsmasq(tmp_path: Path) -> Iterator[Callable[[Records], Dnsmasq]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    """A loopback HTTP upstream that records every request it receives (``backend.hits``)."""
+    server = start_backend("upstream")
+    yield server
+    server.stop()

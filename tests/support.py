@@ -182,6 +182,27 @@ def listen_ports(config_text: str) -> list[int]:
     return ports
 
 
+def exactly(proxy: RunningProxy, count: int) -> list[dict[str, Any]]:
+    """The access log once it holds ``count`` records, checked to hold no more than that."""
+    if count:
+        proxy.wait_for_records(count)
+    time.sleep(0.05)  # a stray extra record would be written synchronously with its request; give it a moment
+    records = proxy.records()
+    assert len(records) == count, [(r["OperationName"], r["Category"]) for r in records]
+    return records
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 3.0, interval: float = 0.02) -> float | None:
+    """Poll ``check`` until it is true; the seconds it took, or None when ``timeout`` passed first."""
+    started = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            return None
+        time.sleep(interval)
+
+
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "proxy.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)

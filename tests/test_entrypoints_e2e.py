@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,12 @@ from tests.support import (
     REPO,
     Backend,
     RunningProxy,
+    exactly,
     free_port,
     run_cli,
-    start_backend,
     start_proxy,
     wait_for_port,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -54,21 +54,6 @@ POLL_BOUND = 3.0  # the proxy polls its files every 0.25 s; a reload must show w
 # -- shared helpers -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def backend() -> Iterator[Backend]:
-    server = start_backend("upstream")
-    yield server
-    server.stop()
-
-
-def exactly(proxy: RunningProxy, count: int) -> list[dict[str, Any]]:
-    """The access log once it holds ``count`` records, checked to hold no more than that."""
-    proxy.wait_for_records(count)
-    time.sleep(0.05)  # a stray extra record is written synchronously with its request; give it a moment
-    records = proxy.records()
-    assert len(records) == count, [(r["OperationName"], r["Category"]) for r in records]
-    return records
-
 
 def check(record: dict[str, Any], category: str, rule: str | None, profile: str, resource_id: str) -> None:
     got = {k: record[k] for k in ("Category", "ResultAction", "MatchedRule", "Profile", "SourceIpAddress",
@@ -85,15 +70,6 @@ def assert_storage_denial(response: httpx.Response) -> None:
     assert response.status_code == 403, response.text
     assert response.headers.get("x-ms-error-code") == "AuthorizationFailure", response.headers
     assert "<Code>AuthorizationFailure</Code>" in response.text
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = POLL_BOUND) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def status(url: str, **headers: str) -> int:
@@ -249,7 +225,7 @@ def test_mitmdump_script_reloads_the_config_live(mitmdump, backend: Backend) -> 
     edited["perimeters"][0]["profiles"][0]["accessRules"].append(
         {"name": "loopback-too", "direction": "Inbound", "addressPrefixes": [LOOPBACK]})
     proxy.write_config(edited)
-    assert wait_until(lambda: status(target) == 200), f"the edit was never applied:\n{proxy.stderr()}"
+    assert wait_until(lambda: status(target) == 200) is not None, f"the edit was never applied:\n{proxy.stderr()}"
     last = proxy.records()[-1]
     check(last, ALLOWED, "loopback-too", "locked", LOCKED_ID)
     assert last["AccessRuleVersion"] == "2"
@@ -424,7 +400,8 @@ def test_run_on_arm_input_decides_by_arm_rules_and_follows_arm_edits(arm_proxy, 
 
     # Edit the ARM file only: the locked rule admits loopback too.
     write_json_atomically(arm_file, build([office, LOOPBACK]))
-    assert wait_until(lambda: status(locked_url) == 200), f"the ARM edit was never applied:\n{proxy.stderr()}"
+    applied = wait_until(lambda: status(locked_url) == 200)
+    assert applied is not None, f"the ARM edit was never applied:\n{proxy.stderr()}"
     assert proxy.config_path.stat().st_mtime_ns == yaml_stat.st_mtime_ns, "the YAML file was touched"
     last = proxy.records()[-1]
     check(last, ALLOWED, "allow-office", "locked", locked_id)
@@ -438,7 +415,7 @@ def test_run_on_arm_input_decides_by_arm_rules_and_follows_arm_edits(arm_proxy, 
     refusal = stderr[stderr.index("config reload refused"):]
     assert f"{arm_file}: {prefixes_path}[0]" in refusal, refusal
     assert "'10.0.0.1/8' is not a valid IPv4 or IPv6 prefix" in refusal, refusal
-    assert wait_until(lambda: proxy.metric("nsp_config_reloads_total", result="failure") == 1)
+    assert wait_until(lambda: proxy.metric("nsp_config_reloads_total", result="failure") == 1) is not None
     assert status(locked_url) == 200
     assert proxy.records()[-1]["AccessRuleVersion"] == "2"
     assert proxy.process.poll() is None

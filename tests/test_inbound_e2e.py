@@ -33,6 +33,7 @@ from tests.support import (
     Backend,
     RunningProxy,
     blob_connection_string,
+    exactly,
     free_port,
     start_backend,
     wait_for_port,
@@ -111,16 +112,6 @@ def free_port_v6() -> int:
         return s.getsockname()[1]
 
 
-def exactly(proxy: RunningProxy, count: int) -> list[dict[str, Any]]:
-    """The access log once it holds ``count`` records, checked to hold no more than that."""
-    if count:
-        proxy.wait_for_records(count)
-    time.sleep(0.05)  # a stray extra record would be written synchronously with its request; give it a moment
-    records = proxy.records()
-    assert len(records) == count, [(r["OperationName"], r["Category"]) for r in records]
-    return records
-
-
 def check(record: dict[str, Any], category: str, action: str, rule: str | None, *, profile: str = "prof",
           source_ip: str = "127.0.0.1") -> None:
     """The fields the brief names, plus the invariants every inbound record has."""
@@ -191,12 +182,6 @@ def status_of(answer: bytes) -> int:
     assert version in (b"HTTP/1.0", b"HTTP/1.1") and code.isdigit(), answer[:200]
     return int(code)
 
-
-@pytest.fixture
-def backend() -> Iterator[Backend]:
-    server = start_backend("upstream")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

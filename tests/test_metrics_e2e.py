@@ -12,13 +12,12 @@ import ipaddress
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Backend, RunningProxy, free_port, start_backend
+from tests.support import Backend, RunningProxy, free_port
 
 RESOURCE_ID = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-metrics/providers/{}"
 CI_SUBSCRIPTION = "/subscriptions/11111111-2222-3333-4444-555555555555"
@@ -31,12 +30,6 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 # -- setup ----------------------------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def backend() -> Iterator[Backend]:
-    server = start_backend("metrics-upstream")
-    yield server
-    server.stop()
 
 
 def config(store_port: int, vault_port: int, outbound_port: int, upstream_port: int) -> dict[str, Any]:

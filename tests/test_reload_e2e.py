@@ -10,8 +10,7 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,14 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import Backend, RunningProxy, free_port, run_cli, start_backend, wait_for_port
+from tests.support import (
+    Backend,
+    RunningProxy,
+    free_port,
+    run_cli,
+    wait_for_port,
+    wait_until,
+)
 
 RESOURCE_ID = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-e2e/providers/{}"
 ALLOW_LOOPBACK = {"name": "allow-loopback", "direction": "Inbound", "addressPrefixes": ["127.0.0.1/32"]}
@@ -62,12 +68,6 @@ def perimeter(rules: list[dict[str, Any]], associations: list[dict[str, Any]]) -
 # -- helpers --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def backend() -> Iterator[Backend]:
-    server = start_backend("e2e-upstream")
-    yield server
-    server.stop()
-
 
 @pytest.fixture
 def store(backend: Backend) -> dict[str, Any]:
@@ -91,17 +91,6 @@ def curl_status(target: str) -> int:
     out = subprocess.run([curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", target],
                          capture_output=True, text=True, timeout=10, check=True)
     return int(out.stdout)
-
-
-def wait_until(check: Callable[[], bool], timeout: float = POLL_BOUND, interval: float = 0.02) -> float | None:
-    """Poll ``check`` until it is true; the seconds it took, or None when ``timeout`` passed first."""
-    started = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            return None
-        time.sleep(interval)
 
 
 def reload_and_wait_for_status(proxy: RunningProxy, config: dict[str, Any], target: str, want: int) -> float:
