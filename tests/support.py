@@ -411,6 +411,12 @@ class Backend:
     def hits(self) -> list[tuple[str, str, str]]:
         return self.server.hits  # type: ignore[attr-defined]
 
+    def keep_alive(self) -> None:
+        """Answer HTTP/1.1 with keep-alive (the handler defaults to HTTP/1.0, close after each response, and
+        mitmproxy then closes the client connection too, which would hide what a connection test looks at)."""
+        handler = self.server.RequestHandlerClass
+        self.server.RequestHandlerClass = type("KeepAliveEcho", (handler,), {"protocol_version": "HTTP/1.1"})
+
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()

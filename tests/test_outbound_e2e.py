@@ -34,6 +34,7 @@ from tests.support import (
     free_port,
     require,
     start_backend,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -243,6 +244,33 @@ def test_allowed_fqdn_plain_http_reaches_the_resolved_backend_on_any_port(nsp_pr
         assert record["SourceIpAddress"] == "127.0.0.1"
         assert record["SourceResourceId"] == RESOURCE_ID + "app"
     assert one["OperationName"] == f"GET http://api.allowed.test:{first.port}"
+
+
+def test_removed_resource_is_refused_on_its_forward_connection_still_open(nsp_proxy, dnsmasq, backends) -> None:
+    """A reload that removes a resource closes its forward-proxy listener; a keep-alive connection opened
+    before gets the unattributed denial for what it sends next, and nothing reaches the destination."""
+    target = backends("target", host="127.0.0.2")
+    target.keep_alive()
+    dns_server: Dnsmasq = dnsmasq({"api.allowed.test": "127.0.0.2"})
+    fwd, other = free_port(), free_port()
+    app = association("app", outboundListen=f"127.0.0.1:{fwd}")
+    stays = association("stays", outboundListen=f"127.0.0.1:{other}")
+    proxy = nsp_proxy(config(dns_server.port, perimeter("p1", ["api.allowed.test"], [app, stays])))
+    url = f"http://api.allowed.test:{target.port}/"
+    with http_client(fwd) as client:
+        assert client.get(url + "one").status_code == 200
+        proxy.write_config(config(dns_server.port, perimeter("p1", ["api.allowed.test"], [stays])))
+        assert wait_until(lambda: proxy.metric("nsp_config_generation") == 2) is not None, proxy.stderr()
+        try:
+            answer: int | None = client.get(url + "two").status_code
+        except httpx.TransportError:
+            answer = None  # closed with its listener: refused too
+    assert answer in (None, 403)
+    assert [hit[1] for hit in target.hits] == ["/one"]
+    if answer == 403:
+        record = proxy.records()[-1]
+        assert (record["Category"], record["AccessRuleVersion"], record["SourceResourceId"]) == (DENIED, "2", "")
+        assert "not a resource of any perimeter on this listener" in record["ResultDescription"]
 
 
 # -- 2: HTTPS through CONNECT is passed through, not intercepted --------------------------------------------

@@ -225,17 +225,10 @@ def test_broken_edit_is_refused_and_old_rules_stay(
 # -- connections and listeners --------------------------------------------------------------------------------
 
 
-def keep_alive(backend: Backend) -> None:
-    """Make ``backend`` answer HTTP/1.1 with keep-alive (its handler defaults to HTTP/1.0, close after each
-    response, and mitmproxy then closes the client connection too, which would hide what is tested here)."""
-    handler = backend.server.RequestHandlerClass
-    backend.server.RequestHandlerClass = type("KeepAliveEcho", (handler,), {"protocol_version": "HTTP/1.1"})
-
-
 def test_keep_alive_connection_survives_reload_and_uses_new_rules(nsp_proxy, backend: Backend,
                                                                   store: dict[str, Any]) -> None:
     """One httpx.Client, one socket: requests before and after two reloads are each decided by the rules then."""
-    keep_alive(backend)
+    backend.keep_alive()
     proxy = nsp_proxy(perimeter([ALLOW_LOOPBACK], [store]))
     target = url(store)
     with httpx.Client(timeout=5) as client:
@@ -286,7 +279,7 @@ def test_removed_association_is_refused_on_a_connection_still_open(nsp_proxy, ba
                                                                     store: dict[str, Any]) -> None:
     """Removing an association closes its listener, but a keep-alive connection opened before stays up for a
     moment: what it sends next is refused (fail closed), never forwarded undecided."""
-    keep_alive(backend)
+    backend.keep_alive()
     vault = association("e2e-vault", free_port(), backend.port, mode="Learning")
     proxy = nsp_proxy(perimeter([ALLOW_LOOPBACK], [store, vault]))
     with httpx.Client(timeout=5) as client:
