@@ -8,7 +8,7 @@ import json
 import signal
 import sys
 from dataclasses import asdict
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nsp-proxy", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy", description="Run the proxy. Stops cleanly on SIGTERM/SIGINT "
@@ -96,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(handler=lambda _args: print(
         resources.files("proxy").joinpath("data/nsp-proxy.schema.json").read_text(), end="") or EXIT_OK)
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("nsp-proxy")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _load(path: str | None) -> Config | None:

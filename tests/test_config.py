@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -903,6 +904,12 @@ def test_validate_invalid_exits_1_with_the_problem_on_stderr(tmp_path: Path) -> 
     assert result.stdout == ""
     assert f"{path}: {RULE0}.addressPrefixes[0]:" in result.stderr
     assert "host bits" in result.stderr
+
+
+def test_version_is_the_installed_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"nsp-proxy {metadata.version('nsp-proxy')}"
 
 
 def test_validate_missing_file_exits_1(tmp_path: Path) -> None:
