@@ -176,7 +176,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     facts: InboundFacts | OutboundFacts
     if args.source_ip:
-        facts = InboundFacts(resource=resource, source_ip=args.source_ip, subscription=args.subscription)
+        subscription = args.subscription
+        compiled = policy.association(resource)
+        if subscription and compiled and not compiled.association.local.trust_subscription_header:
+            print(f"nsp-proxy explain: {resource} has local.trustSubscriptionHeader: false, so the proxy ignores "
+                  "the subscription a caller states; --subscription is ignored too", file=sys.stderr)
+            subscription = None
+        facts = InboundFacts(resource=resource, source_ip=args.source_ip, subscription=subscription)
         decision = decide_inbound(policy, facts)
     else:
         try:

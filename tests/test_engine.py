@@ -676,6 +676,18 @@ def test_explain_subscription_by_resource_id(config_file: Path) -> None:
     assert "ci" in result.stdout
 
 
+def test_explain_ignores_the_subscription_where_the_proxy_would(tmp_path: Path) -> None:
+    """local.trustSubscriptionHeader: false: the proxy ignores a stated subscription, and so does explain."""
+    path = tmp_path / "untrusted.yaml"
+    path.write_text(CONFIG.replace("          privateEndpointPrefixes: [10.200.0.0/16]\n",
+                                   "          privateEndpointPrefixes: [10.200.0.0/16]\n"
+                                   "          trustSubscriptionHeader: false\n", 1), encoding="utf-8")
+    result = run_cli("explain", "-c", str(path), "-r", "storage", "--source-ip", "192.0.2.55",
+                     "--subscription", CI_SUB)
+    assert result.returncode == 3, result.stdout
+    assert "trustSubscriptionHeader: false" in result.stderr
+
+
 @pytest.mark.parametrize("args", [
     ("--source-ip", "10.1.2.3"),  # several resources: --resource is required
     ("-r", "nope", "--source-ip", "10.1.2.3"),  # unknown resource
