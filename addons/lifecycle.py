@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 from mitmproxy import connection, ctx, exceptions
 from mitmproxy.addonmanager import Loader
@@ -65,13 +66,18 @@ class NspLifecycle:
 
     def running(self) -> None:
         if self.runtime and self._watch is None:
-            self._watch = asyncio.get_running_loop().create_task(self.runtime.watch(self._apply_listeners))
+            loop = asyncio.get_running_loop()
+            self._watch = loop.create_task(self.runtime.watch(self._apply_listeners))
+            if hasattr(signal, "SIGHUP"):  # logrotate's signal: reopen the access-log file
+                loop.add_signal_handler(signal.SIGHUP, self.runtime.reopen_access_log)
 
     def done(self) -> None:
         if self._watch:
             self._watch.cancel()
+            if hasattr(signal, "SIGHUP"):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self.runtime:
-            written = self.runtime.writer.written
+            written = self.runtime.records_written
             self.runtime.close()
             log.info("nsp-proxy stopped; %d access-log records written", written)
         if self.demo:

@@ -2,8 +2,8 @@
 
 Every record is written with a single ``os.write`` of a whole line to an unbuffered descriptor (O_APPEND for
 files), so nothing waits in a user-space buffer: a record is on its way to the file the moment the decision is
-made, SIGTERM cannot strand it, and concurrent writers never interleave half lines. The writer counts what it
-wrote so tests and metrics can check that counts match decisions.
+made, SIGTERM cannot strand it, and concurrent writers never interleave half lines. ``write`` says whether the
+record reached the descriptor, so the runtime can count what was written against the decisions made.
 """
 
 from __future__ import annotations
@@ -85,8 +85,6 @@ class AccessLogWriter:
 
     def __init__(self, target: str):
         self.target = target
-        self.written = 0
-        self.errors = 0
         self._lock = threading.Lock()
         if target == "-":
             self._fd = os.dup(1)  # our own descriptor: closing it never closes the process's stdout
@@ -101,7 +99,6 @@ class AccessLogWriter:
         data = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
         with self._lock:
             if self._closed:
-                self.errors += 1
                 return False
             try:
                 view = memoryview(data)
@@ -109,9 +106,7 @@ class AccessLogWriter:
                     done = os.write(self._fd, view)
                     view = view[done:]
             except OSError:
-                self.errors += 1
                 return False
-            self.written += 1
             return True
 
     def close(self) -> None:

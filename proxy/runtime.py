@@ -48,6 +48,7 @@ class Runtime:
         self.trusted_proxies: PrefixIndex[bool] = _trusted(config)
         self.resolver = Resolver(config.settings)
         self.writer = AccessLogWriter(self.access_log_target(config))
+        self.records_written = 0  # by every writer this runtime had (reloads and SIGHUP replace the writer)
         from proxy.metrics import Metrics  # imported here: prometheus_client is only needed when running
 
         self.metrics = Metrics()
@@ -111,6 +112,7 @@ class Runtime:
             log.exception("access log: could not build the record")
             written = False
         if written:
+            self.records_written += 1
             self.metrics.log_records.inc()
         else:
             self.metrics.log_errors.inc()
@@ -135,14 +137,32 @@ class Runtime:
             return self._refused(f"{self.config_path}: {exc}")
         self.policy, self.trusted_proxies, self.resolver = policy, trusted, resolver
         if writer is not None:
-            old, self.writer = self.writer, writer
-            old.close()
+            self._swap_writer(writer)
         self.metrics.reloads.labels("success").inc()
         self.metrics.generation.set(generation)
         for warning in config.warnings:
             log.warning("%s", warning)
         log.info("config generation %d in force (%s)", generation, config.source)
         return True
+
+    def reopen_access_log(self) -> None:
+        """Open the access-log file again (SIGHUP, after logrotate moved it): records written so far stay in
+        the moved file, the next one starts the new file. A file that cannot be opened keeps the old one."""
+        target = self.writer.target
+        if target == "-":
+            return
+        try:
+            writer = AccessLogWriter(target)
+        except OSError as exc:
+            log.error("access log: cannot reopen %s (%s); still writing to the file already open", target, exc)
+            return
+        self._swap_writer(writer)
+        log.info("access log reopened: %s", target)
+
+    def _swap_writer(self, writer: AccessLogWriter) -> None:
+        """Swap on the event loop, where records are written: none is written between close and swap."""
+        old, self.writer = self.writer, writer
+        old.close()
 
     def _refused(self, why: str) -> bool:
         self.metrics.reloads.labels("failure").inc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -643,6 +644,23 @@ def test_nothing_lost_under_concurrency_and_sigterm(nsp_proxy: StartProxy, backe
     assert len(records) == 400
     assert proxy.access_log.read_bytes().endswith(b"\n")
     assert "400 access-log records written" in proxy.stderr()
+
+
+def test_sighup_reopens_the_access_log_after_logrotate_moved_it(nsp_proxy: StartProxy, backend: Backend) -> None:
+    """logrotate renames the file, then sends SIGHUP: the next record starts a new file, none is lost."""
+    port = free_port()
+    proxy = nsp_proxy(single([subscription_rule("allow-ci", CI_SUBSCRIPTION)], url_of(backend), port))
+    assert httpx.get(f"http://127.0.0.1:{port}/c/before", timeout=5).status_code == 403
+    exactly(proxy, 1)
+    rotated = proxy.access_log.with_name("access.jsonl.1")
+    proxy.access_log.rename(rotated)
+    proxy.process.send_signal(signal.SIGHUP)
+    proxy.wait_for_stderr("access log reopened")
+    assert httpx.get(f"http://127.0.0.1:{port}/c/after", timeout=5).status_code == 403
+    assert [r["OperationName"] for r in exactly(proxy, 1)] == ["GET /c/after"]
+    assert [json.loads(line)["OperationName"] for line in rotated.read_text().splitlines()] == ["GET /c/before"]
+    assert proxy.stop() == 0
+    assert "2 access-log records written" in proxy.stderr()
 
 
 # -- 11. malformed and odd requests ---------------------------------------------------------------------------------
