@@ -4,7 +4,8 @@ Hooks, each the earliest that knows its fact:
   http_connect     the CONNECT host: decide, resolve with dnspython, pin the address (or refuse with 403)
   requestheaders   a plain forward request's absolute-URI host and Host header (or a Host header inside a tunnel)
   next_layer       the TLS ClientHello inside a tunnel: its SNI must name the CONNECT host; the tunnel is then
-                   passed through untouched (TLS is not intercepted)
+                   passed through untouched, or with settings.interceptTls decrypted by mitmproxy, so that
+                   requestheaders checks the Host header inside TLS too (domain fronting)
   server_connect   every upstream connection: dialled only to the address pinned by a decision, else killed
 """
 
@@ -73,12 +74,16 @@ class OutboundGate:
         request = flow.request
         tunnel = self.tunnels.get(flow.client_conn.id)
         if tunnel is not None:
-            # Plain HTTP inside an allowed tunnel: the destination is fixed, only a lying Host header is news.
-            facts = replace(tunnel, protocol="HTTP", host_header=request.host_header)
+            # HTTP inside an allowed tunnel (plain, or decrypted with interceptTls): the destination is fixed,
+            # only a lying Host header is news.
+            facts = replace(tunnel, protocol="HTTPS" if flow.client_conn.tls else "HTTP",
+                            host_header=request.host_header)
             if _same_host(request.host_header, tunnel.destination_host):
                 return
             decision = runtime.decide_outbound(facts)
-            runtime.record(decision, facts, operation=f"{request.method} {request.pretty_url}")
+            scheme = "https" if flow.client_conn.tls else "http"
+            target = f"{scheme}://{tunnel.destination_host}:{tunnel.destination_port}{request.path}"
+            runtime.record(decision, facts, operation=f"{request.method} {target}")  # the tunnel's, not the Host's
         else:
             facts = self._facts(runtime, flow.client_conn, request.host, request.port, "HTTP",
                                 host_header=request.host_header)
@@ -111,15 +116,17 @@ class OutboundGate:
         if hello is None:
             nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
             return
-        passthrough = layers.TCPLayer(nextlayer.context, ignore=True)
-        if hello.sni is None or _same_host(hello.sni, tunnel.destination_host):
-            nextlayer.layer = passthrough
-            return
-        facts = replace(tunnel, sni=hello.sni)
-        decision = runtime.decide_outbound(facts)
-        runtime.record(decision, facts, operation=f"TLS {tunnel.destination_host}:{tunnel.destination_port}",
-                       destination_parameters={"sni": hello.sni})
-        nextlayer.layer = passthrough if decision.allowed else _Refuse(nextlayer.context)
+        if hello.sni is not None and not _same_host(hello.sni, tunnel.destination_host):
+            facts = replace(tunnel, sni=hello.sni)
+            decision = runtime.decide_outbound(facts)
+            runtime.record(decision, facts, operation=f"TLS {tunnel.destination_host}:{tunnel.destination_port}",
+                           destination_parameters={"sni": hello.sni})
+            if not decision.allowed:
+                nextlayer.layer = _Refuse(nextlayer.context)
+                return
+        if not runtime.policy.config.settings.intercept_tls:
+            nextlayer.layer = layers.TCPLayer(nextlayer.context, ignore=True)  # passed through unread
+        # else: mitmproxy's own choice stands, its TLS layers decrypt, and requestheaders sees the Host header
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
         try:

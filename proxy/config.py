@@ -231,6 +231,7 @@ class _Validator:
         return Settings(
             subscription_header=str(raw.get("subscriptionHeader", base.subscription_header)).lower(),
             subscription_from_token=bool(raw.get("subscriptionFromToken", base.subscription_from_token)),
+            intercept_tls=bool(raw.get("interceptTls", base.intercept_tls)),
             trusted_proxies=self._prefixes("settings.trustedProxies", raw.get("trustedProxies")),
             access_log=str(raw.get("accessLog", base.access_log)),
             metrics_listen_host=metrics[0],

@@ -114,6 +114,7 @@ class Perimeter:
 class Settings:
     subscription_header: str = "x-nsp-subscription-id"
     subscription_from_token: bool = False
+    intercept_tls: bool = False  # decrypt allowed tunnels to check the Host header inside TLS
     trusted_proxies: tuple[IPNetwork, ...] = ()
     access_log: str = "-"  # "-" is stdout
     metrics_listen_host: str | None = "127.0.0.1"

@@ -301,6 +301,44 @@ def test_allowed_fqdn_https_connect_is_passed_through(nsp_proxy, dnsmasq, backen
         assert record["OperationName"] == f"CONNECT api.allowed.test:{backend.port}"
 
 
+def test_intercept_tls_checks_the_host_header_inside_tls(nsp_proxy, dnsmasq, backends, tmp_path: Path) -> None:
+    """Domain fronting (SNI and CONNECT name an allowed host, the Host header inside TLS another) passes an
+    unread tunnel; with settings.interceptTls the proxy decrypts the tunnel and refuses it with 403."""
+    cert = self_signed(tmp_path, "api.allowed.test")
+    backend = backends("tls", host="127.0.0.2", tls=cert.server)
+    dns_server = dnsmasq({"api.allowed.test": "127.0.0.2", "evil.test": "127.0.0.3"})
+    fwd, confdir = free_port(), tmp_path / "mitmproxy"
+    document = config(dns_server.port, perimeter("p1", ["api.allowed.test"], [
+        association("app", outboundListen=f"127.0.0.1:{fwd}")]), interceptTls=True)
+    proxy = nsp_proxy(document, extra_args=["--set", f"confdir={confdir}",
+                                            "--set", f"ssl_verify_upstream_trusted_ca={cert.ca_file}"])
+    mitm_ca = confdir / "mitmproxy-ca-cert.pem"
+    target = f"https://api.allowed.test:{backend.port}"
+
+    honest = curl(fwd, f"{target}/honest", "--cacert", str(mitm_ca))
+    assert (honest.returncode, honest.connect_status, honest.status) == (0, 200, 200), honest
+    assert json.loads(honest.body)["backend"] == "tls"
+    fronted = curl(fwd, f"{target}/fronted", "--cacert", str(mitm_ca), "-H", "Host: evil.test")
+    assert (fronted.connect_status, fronted.status) == (200, 403), fronted
+    assert "Host header 'evil.test' differs" in fronted.body
+    assert [hit[1] for hit in backend.hits] == ["/honest"]
+
+    connect_ok, connect_fronted, lying = records_after(proxy, 3)
+    for record in (connect_ok, connect_fronted):
+        assert_record(record, category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
+                      rule="allow-api", resolved="127.0.0.2", protocol="HTTPS")
+    assert_record(lying, category=DENIED, action="Denied", fqdn="api.allowed.test", port=backend.port,
+                  protocol="HTTPS")
+    assert lying["OperationName"] == f"GET {target}/fronted"
+
+    # The same fronted request without interception goes through the unread tunnel: what the option is for.
+    proxy.write_config({**document, "settings": {**document["settings"], "interceptTls": False}})
+    assert wait_until(lambda: proxy.metric("nsp_config_generation") == 2) is not None, proxy.stderr()
+    unread = curl(fwd, f"{target}/unread", "--cacert", str(cert.ca_file), "-H", "Host: evil.test")
+    assert (unread.connect_status, unread.status) == (200, 200), unread
+    assert [hit[1] for hit in backend.hits] == ["/honest", "/unread"]
+
+
 # -- 3: denied FQDN: 403, CONNECT refused, never resolved -----------------------------------------------------
 
 
