@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib import metadata, resources
 from pathlib import Path
@@ -18,8 +20,8 @@ from proxy.engine import decide_inbound, decide_outbound
 from proxy.errors import ConfigError
 from proxy.listeners import mitmproxy_modes
 from proxy.model import Config
-from proxy.normalize import parse_endpoint
-from proxy.policy import compile_policy
+from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription, parse_endpoint
+from proxy.policy import Policy, compile_policy
 
 EXIT_OK, EXIT_INVALID, EXIT_DENIED = 0, 1, 3
 
@@ -174,27 +176,49 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if bool(args.source_ip) == bool(args.destination):
         print("nsp-proxy explain: give either --source-ip (inbound) or --destination (outbound)", file=sys.stderr)
         return EXIT_INVALID
-    facts: InboundFacts | OutboundFacts
+    try:
+        facts = _explain_facts(args, policy, resource)
+    except ValueError as exc:
+        print(f"nsp-proxy explain: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    decision = decide_inbound(policy, facts) if isinstance(facts, InboundFacts) else decide_outbound(policy, facts)
+    _print_decision(decision, facts, policy, args.json)
+    return EXIT_OK if decision.allowed else EXIT_DENIED
+
+
+def _explain_facts(args: argparse.Namespace, policy: Policy, resource: str) -> InboundFacts | OutboundFacts:
+    """The described request as the proxy would see it. Input the proxy would merely deny (an address that is
+    not one, a malformed subscription) is a mistake in the description here: ValueError names the option."""
     if args.source_ip:
+        if args.sni or args.host_header:
+            raise ValueError("--sni and --host-header describe outbound requests (--destination)")
+        try:
+            ipaddress.ip_address(args.source_ip.strip("[]"))
+        except ValueError:
+            raise ValueError(f"--source-ip: {args.source_ip!r} is not an IPv4 or IPv6 address") from None
         subscription = args.subscription
+        if subscription:
+            _checked("--subscription", normalize_subscription, subscription)
         compiled = policy.association(resource)
         if subscription and compiled and not compiled.association.local.trust_subscription_header:
             print(f"nsp-proxy explain: {resource} has local.trustSubscriptionHeader: false, so the proxy ignores "
                   "the subscription a caller states; --subscription is ignored too", file=sys.stderr)
             subscription = None
-        facts = InboundFacts(resource=resource, source_ip=args.source_ip, subscription=subscription)
-        decision = decide_inbound(policy, facts)
-    else:
-        try:
-            host, port = _destination(args.destination)
-        except ValueError as exc:
-            print(f"nsp-proxy explain: --destination: {exc}", file=sys.stderr)
-            return EXIT_INVALID
-        facts = OutboundFacts(resource=resource, source_ip="127.0.0.1", destination_host=host,
-                              destination_port=port, host_header=args.host_header, sni=args.sni)
-        decision = decide_outbound(policy, facts)
-    _print_decision(decision, facts, policy, args.json)
-    return EXIT_OK if decision.allowed else EXIT_DENIED
+        return InboundFacts(resource=resource, source_ip=args.source_ip, subscription=subscription)
+    if args.subscription:
+        raise ValueError("--subscription describes inbound requests (--source-ip)")
+    host, port = _checked("--destination", _destination, args.destination)
+    if not is_ip_literal(host):
+        _checked("--destination", normalize_hostname, host)
+    return OutboundFacts(resource=resource, source_ip="127.0.0.1", destination_host=host, destination_port=port,
+                         host_header=args.host_header, sni=args.sni)
+
+
+def _checked(option: str, parse: Callable[[str], Any], value: str) -> Any:
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None
 
 
 def _pick_resource(config: Config, wanted: str | None) -> str | None:

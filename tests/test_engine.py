@@ -694,6 +694,11 @@ def test_explain_ignores_the_subscription_where_the_proxy_would(tmp_path: Path) 
     ("-r", "storage"),  # neither direction
     ("-r", "storage", "--source-ip", "10.1.2.3", "--destination", "example.com"),  # both
     ("-r", "storage", "--destination", "example.com:99999"),  # bad port
+    ("-r", "storage", "--destination", "bad..name.example"),  # no host name
+    ("-r", "storage", "--source-ip", "not-an-ip"),
+    ("-r", "storage", "--source-ip", "10.1.2.3", "--subscription", "bogus"),
+    ("-r", "storage", "--source-ip", "10.1.2.3", "--sni", "example.com"),  # outbound option, inbound request
+    ("-r", "storage", "--destination", "example.com", "--subscription", CI_SUB),  # and the other way round
 ])
 def test_explain_bad_input_exits_1(config_file: Path, args: tuple[str, ...]) -> None:
     result = run_cli("explain", "-c", str(config_file), *args)
