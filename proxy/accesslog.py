@@ -36,13 +36,9 @@ def build_record(
     resource_id = compiled.association.resource_id if compiled else ""
     location = compiled.perimeter.location if compiled else ""
     if isinstance(facts, InboundFacts):
-        destination_resource = resource_id
-        destination_fqdn = _service_fqdn(compiled, facts)
-        destination_port = facts.destination_port
+        destination_resource, destination_fqdn = resource_id, _service_fqdn(compiled, facts)
     else:
-        destination_resource = ""
-        destination_fqdn = facts.destination_host
-        destination_port = facts.destination_port
+        destination_resource, destination_fqdn = "", facts.destination_host
     description = decision.reason if not decision.error else f"{decision.reason}: {decision.error}"
     record = {
         Field.TIME_GENERATED: stamp,
@@ -67,7 +63,7 @@ def build_record(
         Field.SOURCE_PERIMETER_GUIDS: decision.source_perimeter_guid,
         Field.SOURCE_PARAMETERS: _params(source_parameters),
         Field.DESTINATION_FQDN: destination_fqdn,
-        Field.DESTINATION_PORT: destination_port,
+        Field.DESTINATION_PORT: facts.destination_port,
         Field.DESTINATION_PROTOCOL: facts.protocol,
         Field.DESTINATION_RESOURCE_ID: destination_resource,
         Field.DESTINATION_EMAIL_ADDRESS: "",
