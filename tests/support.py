@@ -182,11 +182,12 @@ def listen_ports(config_text: str) -> list[int]:
     return ports
 
 
-def exactly(proxy: RunningProxy, count: int) -> list[dict[str, Any]]:
-    """The access log once it holds ``count`` records, checked to hold no more than that."""
+def exactly(proxy: RunningProxy, count: int, settle: float = 0.05) -> list[dict[str, Any]]:
+    """The access log once it holds ``count`` records, checked to hold no more than that after ``settle``
+    seconds (a stray extra record would be written synchronously with its request: a moment is enough)."""
     if count:
         proxy.wait_for_records(count)
-    time.sleep(0.05)  # a stray extra record would be written synchronously with its request; give it a moment
+    time.sleep(settle)
     records = proxy.records()
     assert len(records) == count, [(r["OperationName"], r["Category"]) for r in records]
     return records
