@@ -6,8 +6,9 @@ resource ID -> ``local`` block); alone, it is enough to validate and explain. Th
 document the native YAML gives, plus a map from its paths back to the ARM file's paths so that errors point at
 the line the user wrote.
 
-The template expressions NSP templates use are evaluated (``proxy.arm_expressions``): parameters (by their
-``defaultValue``), variables, concat, format and resourceId. Others are reported, not guessed.
+The template expressions NSP templates use are evaluated (``proxy.arm_expressions``): parameters (the values
+given with ``armParameters``, else their ``defaultValue``), variables, concat, format, resourceId, subscription()
+and resourceGroup(). Others are reported, not guessed. Resources of other types are skipped unread.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.arm_expressions import ExpressionError, Scope, evaluate, is_expression
+from proxy.arm_expressions import Deployment, ExpressionError, Scope, evaluate, is_expression
 from proxy.errors import ConfigError, Problem
-from proxy.model import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION
 
 NSP_TYPE = "microsoft.network/networksecurityperimeters"
 BINDINGS_FILE = ""  # Problem.source of problems in the YAML file that holds the bindings: rendered as that file
 KNOWN_CHILDREN = {"profiles", "profiles/accessrules", "resourceassociations"}
+READ_KEYS = ("type", "name", "id", "location", "properties")  # of a resource; nested "resources" besides
 
 
 def looks_like_arm(document: Any) -> bool:
@@ -44,41 +45,50 @@ class Origin:
     properties: bool = False
 
 
-def convert_file(path: Path, bindings: dict[str, Any], subscription_id: str = DEFAULT_SUBSCRIPTION,
-                 resource_group: str = DEFAULT_RESOURCE_GROUP) -> tuple[dict[str, Any], dict[str, Origin]]:
-    """Convert the ARM file at ``path``; ``subscription_id``/``resource_group`` are the deployment's scope
-    (what ``resourceId()`` and perimeters without an ``id`` belong to)."""
+def read_json(path: Path, what: str) -> Any:
+    """The JSON document at ``path``; a ConfigError naming the file and the line otherwise."""
     source = str(path)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(source, [Problem("", f"cannot read ARM file: {exc.strerror or exc}")]) from None
+        raise ConfigError(source, [Problem("", f"cannot read {what}: {exc.strerror or exc}")]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(source, [Problem(f"line {exc.lineno}, column {exc.colno}", f"not JSON: {exc.msg}")]) from None
-    return convert_document(document, source, bindings, subscription_id, resource_group)
 
 
-def convert_document(document: Any, source: str, bindings: dict[str, Any],
-                     subscription_id: str = DEFAULT_SUBSCRIPTION, resource_group: str = DEFAULT_RESOURCE_GROUP,
+def convert_file(path: Path, bindings: dict[str, Any], deployment: Deployment | None = None,
+                 ) -> tuple[dict[str, Any], dict[str, Origin]]:
+    """Convert the ARM file at ``path``; ``deployment`` is where it is deployed and with which parameter
+    values (what ``parameters()``, ``resourceId()`` and perimeters without an ``id`` depend on)."""
+    return convert_document(read_json(path, "ARM file"), str(path), bindings, deployment)
+
+
+def convert_document(document: Any, source: str, bindings: dict[str, Any], deployment: Deployment | None = None,
                      ) -> tuple[dict[str, Any], dict[str, Origin]]:
     """Convert an ARM document already read from ``source`` (see ``convert_file``)."""
-    return _Converter(source, subscription_id, resource_group).convert(document, bindings)
+    return _Converter(source, deployment or Deployment()).convert(document, bindings)
+
+
+def _is_nsp(resource: Any) -> bool:
+    return isinstance(resource, dict) and str(resource.get("type", "")).lower().startswith(NSP_TYPE)
 
 
 class _Converter:
-    def __init__(self, source: str, subscription_id: str, resource_group: str):
+    def __init__(self, source: str, deployment: Deployment):
         self.source = source
-        self.subscription_id = subscription_id
-        self.resource_group = resource_group
+        self.deployment = deployment
         self.problems: list[Problem] = []
 
     def convert(self, document: Any, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         scope = Scope(
             parameters=dict(document.get("parameters") or {}) if isinstance(document, dict) else {},
             variables=dict(document.get("variables") or {}) if isinstance(document, dict) else {},
-            subscription_id=self.subscription_id, resource_group=self.resource_group,
+            deployment=self.deployment,
         )
-        top = [(self._evaluate(resource, where, scope), where) for resource, where in self._top_level(document)]
+        # Templates deploy other resources too (the Key Vault itself, feature registrations): only the NSP
+        # resources are read, so expressions elsewhere need not be evaluable. Non-objects are kept to be reported.
+        top = [(self._evaluate_resource(resource, where, scope), where) for resource, where in self._top_level(document)
+               if _is_nsp(resource) or not isinstance(resource, dict)]
         flat = list(self._flatten(top, None, None))
         perimeters: dict[str, dict[str, Any]] = {}
         origins: dict[str, Origin] = {}
@@ -116,9 +126,21 @@ class _Converter:
             try:
                 return evaluate(node, scope)
             except ExpressionError as exc:
-                self.problems.append(Problem(where, f"cannot evaluate {node!r}: {exc} (supported: parameters with "
-                                                    "defaultValue, variables, concat, format, resourceId)"))
+                self.problems.append(Problem(where, f"cannot evaluate {node!r}: {exc} (supported: parameters, "
+                                                    "variables, concat, format, resourceId, subscription, "
+                                                    "resourceGroup)"))
         return node
+
+    def _evaluate_resource(self, resource: Any, where: str, scope: Scope) -> Any:
+        """Evaluate what nsp-proxy reads of a resource (and of its nested children); the rest (apiVersion,
+        dependsOn, tags, ...) stays unread, so an expression there that cannot be evaluated costs nothing."""
+        if not isinstance(resource, dict):
+            return resource
+        out = {k: self._evaluate(v, f"{where}.{k}", scope) for k, v in resource.items() if k in READ_KEYS}
+        if isinstance(resource.get("resources"), list):
+            out["resources"] = [self._evaluate_resource(r, f"{where}.resources[{i}]", scope)
+                                for i, r in enumerate(resource["resources"])]
+        return out
 
     def _top_level(self, document: Any) -> list[tuple[dict[str, Any], str]]:
         if isinstance(document, list):
@@ -163,8 +185,9 @@ class _Converter:
         return names
 
     def _perimeter(self, name: str, resource: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": name, "subscriptionId": self.subscription_id,
-                               "resourceGroup": self.resource_group, "profiles": [], "resourceAssociations": []}
+        out: dict[str, Any] = {"name": name, "subscriptionId": self.deployment.subscription_id,
+                               "resourceGroup": self.deployment.resource_group, "profiles": [],
+                               "resourceAssociations": []}
         if resource.get("location"):
             out["location"] = resource["location"]
         if str(resource.get("id", "")).lower().startswith("/subscriptions/"):

@@ -2,16 +2,19 @@
 
 Templates name children with ``[concat(parameters('nspName'), '/', 'profile1')]`` and point associations at
 ``[resourceId('Microsoft.Network/networkSecurityPerimeters/profiles', parameters('nspName'), 'profile1')]``.
-Supported: string literals, ``parameters()`` (their ``defaultValue``), ``variables()``, ``concat()``,
-``format()``, ``resourceId()``, ``subscription().subscriptionId`` and ``resourceGroup().name``. Anything else is
-reported as unsupported rather than guessed.
+Supported: string literals, ``parameters()`` (the deployment's value, else the ``defaultValue``), ``variables()``,
+``concat()``, ``format()``, ``resourceId()``, ``subscription()`` (``subscriptionId``, ``id``, ``tenantId``) and
+``resourceGroup()`` (``name``, ``id``, ``location``). Anything else is reported as unsupported rather than guessed.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from proxy.model import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[(),.\[\]]))"
@@ -23,11 +26,20 @@ class ExpressionError(ValueError):
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """What ARM learns when a template is deployed, not from the template: where, and the parameter values."""
+
+    subscription_id: str = DEFAULT_SUBSCRIPTION
+    resource_group: str = DEFAULT_RESOURCE_GROUP
+    location: str = "local"
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # name -> value, as a parameters file gives them
+
+
+@dataclass(frozen=True)
 class Scope:
-    parameters: dict[str, Any]
+    parameters: dict[str, Any]  # the template's declarations (type, defaultValue, ...)
     variables: dict[str, Any]
-    subscription_id: str
-    resource_group: str
+    deployment: Deployment = field(default_factory=Deployment)
 
 
 def is_expression(value: Any) -> bool:
@@ -104,11 +116,7 @@ class _Parser:
 
     def _call(self, name: str, args: list[Any]) -> Any:
         if name == "parameters":
-            spec = self.scope.parameters.get(str(args[0]))
-            if not isinstance(spec, dict) or "defaultValue" not in spec:
-                raise ExpressionError(f"parameter {args[0]!r} has no defaultValue in the template")
-            value = spec["defaultValue"]
-            return evaluate(value, self.scope) if is_expression(value) else value
+            return self._parameter(str(args[0]))
         if name == "variables":
             if str(args[0]) not in self.scope.variables:
                 raise ExpressionError(f"variable {args[0]!r} is not defined in the template")
@@ -120,11 +128,30 @@ class _Parser:
             return re.sub(r"\{(\d+)\}", lambda m: str(args[int(m.group(1)) + 1]), str(args[0]))
         if name == "resourceid":
             return self._resource_id(args)
+        deployment = self.scope.deployment
+        subscription_id = f"/subscriptions/{deployment.subscription_id}"
         if name == "subscription":
-            return {"subscriptionId": self.scope.subscription_id, "id": f"/subscriptions/{self.scope.subscription_id}"}
+            # tenantId: nsp-proxy has no tenant; the all-zero GUID keeps templates that name it evaluable.
+            return {"subscriptionId": deployment.subscription_id, "id": subscription_id,
+                    "tenantId": DEFAULT_SUBSCRIPTION, "displayName": deployment.subscription_id}
         if name == "resourcegroup":
-            return {"name": self.scope.resource_group}
+            return {"name": deployment.resource_group, "location": deployment.location,
+                    "id": f"{subscription_id}/resourceGroups/{deployment.resource_group}"}
         raise ExpressionError(f"ARM function {name}() is not supported")
+
+    def _parameter(self, name: str) -> Any:
+        """The deployment's value (armParameters), else the template's defaultValue."""
+        values = self.scope.deployment.parameters
+        if name in values:
+            return values[name]
+        spec = self.scope.parameters.get(name)
+        if not isinstance(spec, dict):
+            raise ExpressionError(f"parameter {name!r} is not declared in the template")
+        if "defaultValue" not in spec:
+            raise ExpressionError(f"parameter {name!r} has no value: give it in armParameters (the template has "
+                                  "no defaultValue)")
+        value = spec["defaultValue"]
+        return evaluate(value, self.scope) if is_expression(value) else value
 
     def _resource_id(self, args: list[Any]) -> str:
         strings = [str(a) for a in args]
@@ -132,8 +159,8 @@ class _Parser:
         if type_index is None:
             raise ExpressionError("resourceId() needs a resource type like 'Microsoft.Storage/storageAccounts'")
         scope = strings[:type_index]
-        subscription = scope[0] if len(scope) == 2 else self.scope.subscription_id
-        group = scope[-1] if scope else self.scope.resource_group
+        subscription = scope[0] if len(scope) == 2 else self.scope.deployment.subscription_id
+        group = scope[-1] if scope else self.scope.deployment.resource_group
         rtype, names = strings[type_index], strings[type_index + 1 :]
         namespace, *types = rtype.split("/")
         if len(types) != len(names):

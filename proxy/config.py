@@ -24,6 +24,7 @@ import jsonschema
 import yaml
 
 from proxy import arm
+from proxy.arm_expressions import Deployment
 from proxy.errors import ConfigError, Problem
 from proxy.model import (
     DEFAULT_RESOURCE_GROUP,
@@ -61,6 +62,8 @@ MATCH_KINDS = (
     "serviceTags",
 )
 UNSUPPORTED_KINDS = ("emailAddresses", "phoneNumbers", "serviceTags")
+ARM_KEYS = ("arm", "bindings", "armScope", "armParameters")  # the ARM route's keys, replaced by the conversion
+ARM_SCOPE_KEYS = ("subscriptionId", "resourceGroup", "location")
 LIFTED = ("perimeters", "profiles", "accessRules", "resourceAssociations")
 
 
@@ -183,12 +186,12 @@ class _Validator:
         arm_path = self.base_dir / str(document["arm"])
         self.files.append(str(arm_path))
         try:
-            converted, origins = arm.convert_file(arm_path, document.get("bindings") or {}, *self._arm_scope(document))
+            converted, origins = arm.convert_file(arm_path, document.get("bindings") or {}, self._deployment(document))
         except ConfigError as exc:
             problems = [p if p.source is not None else replace(p, source=exc.source) for p in exc.problems]
             raise ConfigError(self.source, problems) from None
         self.origins.update(origins)
-        rest = {k: v for k, v in document.items() if k not in ("arm", "bindings", "armScope")}
+        rest = {k: v for k, v in document.items() if k not in ARM_KEYS}
         return {**rest, **self._lift_properties(converted, "")}  # Azure's enums in any case, as ARM takes them
 
     def _convert_arm(self, document: Any) -> dict[str, Any]:
@@ -198,18 +201,40 @@ class _Validator:
         self.origins.update(origins)
         return self._lift_properties(converted, "")
 
-    def _arm_scope(self, document: dict[str, Any]) -> tuple[str, str]:
-        """The deployment scope of the ARM file (``armScope``), checked before the conversion uses it."""
+    def _deployment(self, document: dict[str, Any]) -> Deployment:
+        """Where the ARM file is deployed (``armScope``) and with which parameter values (``armParameters``),
+        checked before the conversion uses them."""
         scope = document.get("armScope") or {}
-        unknown = sorted(set(scope) - {"subscriptionId", "resourceGroup"}) if isinstance(scope, dict) else ["?"]
+        unknown = sorted(set(scope) - set(ARM_SCOPE_KEYS)) if isinstance(scope, dict) else ["?"]
         if unknown:
             raise ConfigError(self.source, [Problem("armScope", f"unknown keys {unknown} "
-                                                                "(allowed: subscriptionId, resourceGroup)")])
+                                                                f"(allowed: {', '.join(ARM_SCOPE_KEYS)})")])
         try:
             subscription = normalize_subscription(str(scope.get("subscriptionId", DEFAULT_SUBSCRIPTION)))
         except ValueError as exc:
             raise ConfigError(self.source, [Problem("armScope.subscriptionId", str(exc))]) from None
-        return subscription, str(scope.get("resourceGroup", DEFAULT_RESOURCE_GROUP))
+        return Deployment(subscription_id=subscription,
+                          resource_group=str(scope.get("resourceGroup", DEFAULT_RESOURCE_GROUP)),
+                          location=str(scope.get("location", Deployment.location)),
+                          parameters=self._arm_parameters(document.get("armParameters") or {}))
+
+    def _arm_parameters(self, given: dict[str, Any] | str) -> dict[str, Any]:
+        """``armParameters``: name -> value inline, or the path of an ARM parameters file
+        (``{"parameters": {"name": {"value": ...}}}``, as ``az deployment`` takes it)."""
+        if isinstance(given, dict):
+            return {str(k): _parameter_value(v) for k, v in given.items()}
+        path = self.base_dir / str(given)
+        self.files.append(str(path))
+        document = arm.read_json(path, "ARM parameters file")
+        entries = document.get("parameters") if isinstance(document, dict) else None
+        if not isinstance(entries, dict):
+            raise ConfigError(str(path), [Problem("parameters", "expected an ARM parameters file: "
+                                                                '{"parameters": {"<name>": {"value": ...}}}')])
+        problems = [Problem(f"parameters.{name}", "only literal values are supported (no Key Vault reference)")
+                    for name, entry in entries.items() if not (isinstance(entry, dict) and "value" in entry)]
+        if problems:
+            raise ConfigError(str(path), problems)
+        return {str(name): entry["value"] for name, entry in entries.items()}
 
     def _check_schema(self, document: dict[str, Any]) -> None:
         validator = jsonschema.Draft202012Validator(schema())
@@ -451,6 +476,11 @@ def _canonical_enum(key: str, value: Any) -> Any:
         if isinstance(value, str) and value.lower() == choice.lower():
             return choice
     return value
+
+
+def _parameter_value(value: Any) -> Any:
+    """An inline ``armParameters`` entry: the value, or ``{value: ...}`` as copied from a parameters file."""
+    return value["value"] if isinstance(value, dict) and set(value) == {"value"} else value
 
 
 def _ref_id(value: Any) -> str:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.arm_expressions import ExpressionError, Scope, evaluate, is_expression
+from proxy.arm_expressions import Deployment, ExpressionError, Scope, evaluate, is_expression
 
 SCOPE = Scope(
     parameters={"nspName": {"type": "string", "defaultValue": "nsp1"},
                 "derived": {"type": "string", "defaultValue": "[concat(parameters('nspName'), '-x')]"},
-                "noDefault": {"type": "string"}},
+                "noDefault": {"type": "string"},
+                "given": {"type": "string", "defaultValue": "not-this"},
+                "location": {"type": "string", "defaultValue": "[resourceGroup().location]"}},
     variables={"profile": "prof1"},
-    subscription_id="11111111-2222-3333-4444-555555555555",
-    resource_group="rg1",
+    deployment=Deployment(subscription_id="11111111-2222-3333-4444-555555555555", resource_group="rg1",
+                          location="northeurope", parameters={"given": "from-the-deployment"}),
 )
 
 
@@ -25,6 +27,12 @@ SCOPE = Scope(
     ("['it''s']", "it's"),
     ("[subscription().subscriptionId]", "11111111-2222-3333-4444-555555555555"),
     ("[resourceGroup().name]", "rg1"),
+    ("[resourceGroup().location]", "northeurope"),
+    ("[parameters('location')]", "northeurope"),
+    ("[resourceGroup().id]", "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg1"),
+    ("[subscription().id]", "/subscriptions/11111111-2222-3333-4444-555555555555"),
+    ("[subscription().tenantId]", "00000000-0000-0000-0000-000000000000"),
+    ("[parameters('given')]", "from-the-deployment"),  # armParameters win over defaultValue
     ("[resourceId('Microsoft.Storage/storageAccounts', 'st1')]",
      "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg1/providers/Microsoft.Storage/"
      "storageAccounts/st1"),
@@ -44,7 +52,7 @@ def test_supported_expressions(text: str, value: str) -> None:
 @pytest.mark.parametrize("text", [
     "[reference('x').id]", "[parameters('missing')]", "[parameters('noDefault')]", "[variables('nope')]",
     "[resourceId('st1')]", "[resourceId('Microsoft.Storage/storageAccounts')]", "[concat('a'", "[concat('a') junk]",
-    "[subscription().tenantId]", "[#]",
+    "[subscription().managementGroup]", "[#]",
 ])
 def test_unsupported_or_broken_expressions_are_refused(text: str) -> None:
     """A clear ExpressionError, never a wrong value."""

@@ -1016,3 +1016,73 @@ def test_arm_scope_names_the_deployment_subscription_and_group(tmp_path: Path) -
 def test_arm_scope_subscription_must_be_a_guid(tmp_path: Path) -> None:
     error = _refuse_arm(tmp_path, _template(), extra={"armScope": {"subscriptionId": "prod"}})
     assert_reported(error, "armScope.subscriptionId", "prod", file="bindings.yaml")
+
+
+def _deployment_template() -> dict[str, Any]:
+    """The shape of Microsoft's own NSP quickstart: the template also deploys the Key Vault it protects (with
+    expressions nsp-proxy does not evaluate), a required parameter without default, the location taken from
+    the resource group, dependsOn everywhere, and a feature registration."""
+    nsp, profile = "[parameters('nspName')]", "[format('{0}/{1}', parameters('nspName'), 'prof')]"
+    vault_id = "[resourceId('Microsoft.KeyVault/vaults', parameters('vaultName'))]"
+    return {
+        "parameters": {"location": {"type": "string", "defaultValue": "[resourceGroup().location]"},
+                       "vaultName": {"type": "string"}, "nspName": {"type": "string", "defaultValue": "nsp-qs"}},
+        "resources": [
+            {"type": "Microsoft.KeyVault/vaults", "name": "[parameters('vaultName')]",
+             "properties": {"tenantId": "[subscription().tenantId]", "accessPolicies": "[reference('x').list]"}},
+            {"type": "Microsoft.Network/networkSecurityPerimeters", "name": nsp,
+             "location": "[parameters('location')]", "tags": "[union(json('{}'), json('{}'))]", "properties": {}},
+            {"type": "Microsoft.Network/networkSecurityPerimeters/profiles", "name": profile,
+             "dependsOn": ["[resourceId('Microsoft.Network/networkSecurityPerimeters', parameters('nspName'))]"]},
+            {"type": "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules",
+             "name": "[format('{0}/{1}/{2}', parameters('nspName'), 'prof', 'office')]",
+             "properties": {"direction": "Inbound", "addressPrefixes": ["100.10.0.0/16"], "subscriptions": [],
+                            "fullyQualifiedDomainNames": [], "emailAddresses": [], "phoneNumbers": []}},
+            {"type": "Microsoft.Network/networkSecurityPerimeters/resourceAssociations",
+             "name": "[format('{0}/{1}', parameters('nspName'), 'vault-assoc')]",
+             "dependsOn": [vault_id],
+             "properties": {"privateLinkResource": {"id": vault_id}, "accessMode": "Enforced", "profile": {
+                 "id": "[resourceId('Microsoft.Network/networkSecurityPerimeters/profiles', "
+                       "parameters('nspName'), 'prof')]"}}},
+            {"type": "Microsoft.Features/providers/feature", "name": "Microsoft.Network/AllowNSPInPublicPreview"},
+        ],
+    }
+
+
+def test_deployment_template_with_parameter_values_and_other_resources(tmp_path: Path) -> None:
+    config = _load_arm(tmp_path, _deployment_template(), extra={
+        "armParameters": {"vaultName": "kv-qs"}, "armScope": {"location": "swedencentral"}})
+    (perimeter,) = config.perimeters
+    assert (perimeter.name, perimeter.location) == ("nsp-qs", "swedencentral")
+    (assoc,) = perimeter.associations
+    assert assoc.resource_id.endswith("/resourceGroups/nsp-proxy/providers/Microsoft.KeyVault/vaults/kv-qs")
+    assert assoc.mode is AccessMode.ENFORCED and assoc.profile == "prof"
+
+
+def test_arm_parameters_from_a_parameters_file_are_watched(tmp_path: Path) -> None:
+    (tmp_path / "nsp.parameters.json").write_text(json.dumps(
+        {"$schema": "x", "contentVersion": "1.0.0.0", "parameters": {"vaultName": {"value": "kv-file"},
+                                                                       "nspName": {"value": "nsp-file"}}}))
+    config = _load_arm(tmp_path, _deployment_template(), extra={"armParameters": "nsp.parameters.json"})
+    assert config.perimeters[0].name == "nsp-file"  # a given value wins over the defaultValue
+    assert config.associations()[0].resource_id.endswith("/vaults/kv-file")
+    assert str(tmp_path / "nsp.parameters.json") in config.files
+
+
+def test_arm_parameter_without_value_names_the_place_and_the_remedy(tmp_path: Path) -> None:
+    error = _refuse_arm(tmp_path, _deployment_template())
+    assert_reported(error, "resources[4].properties.privateLinkResource.id", "'vaultName' has no value",
+                    "armParameters", file="nsp.json")
+    assert all("resources[0]" not in p.path for p in error.problems)  # the Key Vault resource is never read
+
+
+@pytest.mark.parametrize(("parameters", "path", "reason"), [
+    ({"parameters": {"vaultName": {"reference": {"keyVault": {"id": "x"}, "secretName": "s"}}}},
+     "parameters.vaultName", "Key Vault reference"),
+    ({"vaultName": "kv"}, "parameters", "expected an ARM parameters file"),
+])
+def test_bad_parameters_file_is_refused_in_its_own_terms(tmp_path: Path, parameters: dict[str, Any], path: str,
+                                                         reason: str) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(parameters))
+    error = _refuse_arm(tmp_path, _deployment_template(), extra={"armParameters": "p.json"})
+    assert_reported(error, path, reason, file="p.json")
