@@ -954,6 +954,15 @@ def test_validate_prints_warnings_on_stderr(tmp_path: Path) -> None:
     assert "warning:" in result.stderr and "serviceTags" in result.stderr
 
 
+def test_readme_configuration_example_validates() -> None:
+    """The first YAML block of README.md is the configuration a newcomer copies: it must load as shown."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse(example, source="README.md")
+    assert [a.name for a in config.associations()] == ["storage"]
+    assert config.settings.blocked_destination_prefixes and config.settings.outbound_listen_port == 3128
+
+
 # -- config/README.md stays in step with the schema -----------------------------------------------------------------
 
 
