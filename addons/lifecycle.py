@@ -14,7 +14,7 @@ import asyncio
 import logging
 import signal
 
-from mitmproxy import connection, ctx, exceptions
+from mitmproxy import connection, ctx
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
@@ -56,7 +56,12 @@ class NspLifecycle:
             config = load_config(path)
             overrides = _overrides(ctx.options.nsp_access_log, ctx.options.nsp_metrics)
         except (ConfigError, ValueError) as exc:
-            raise exceptions.OptionsError(f"nsp-proxy: configuration refused:\n{exc}") from None
+            if ctx.options.nsp_manage_modes:
+                # Nothing may listen without a perimeter, least of all mitmproxy's default open proxy on *:8080.
+                ctx.options.update(mode=[])
+            # Logged, not raised: mitmproxy exits on an error at startup (without a traceback of ours).
+            log.error("nsp-proxy: configuration refused:\n%s", exc)
+            return
         self.runtime = Runtime(config, overrides, config_path=path)
         self._apply_listeners()
         endpoint = self.runtime.metrics_endpoint()

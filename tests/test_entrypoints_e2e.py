@@ -12,13 +12,16 @@ test checks what the client sees, whether the backend saw the request, and the a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -242,13 +245,23 @@ def test_mitmdump_script_refuses_an_invalid_config(tmp_path: Path, backend: Back
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     metrics_port = free_port()
-    try:
-        result = subprocess.run(mitmdump_command(bad, tmp_path, metrics_port), cwd=REPO, capture_output=True,
-                                text=True, timeout=15)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"mitmdump kept running on an invalid config:\n{exc.stdout}")
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    command = mitmdump_command(bad, tmp_path, metrics_port)
+    default_port = int(command[command.index("--set", command.index("listen_host=127.0.0.1")) + 1].split("=")[1])
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    default_listener_opened = False  # mitmproxy's own default listener (pinned to loopback here) must stay shut
+    deadline = time.monotonic() + 15
+    while process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", default_port), timeout=0.2):
+            default_listener_opened = True
+        time.sleep(0.01)
+    if process.poll() is None:
+        process.kill()
+        pytest.fail(f"mitmdump kept running on an invalid config:\n{process.communicate()[0]}")
+    stdout, stderr = process.communicate()
+    output = stdout + stderr
+    assert process.returncode != 0, output
+    assert not default_listener_opened, "mitmdump opened its default listener although the config was refused"
+    assert "Traceback" not in output, output
     assert "nsp-proxy: configuration refused" in output, output
     assert f"{bad}: perimeters[0].profiles[0].accessRules[0].addressPrefixes[0]" in output, output
     assert "'10.0.0.1/8' is not a valid IPv4 or IPv6 prefix" in output, output
