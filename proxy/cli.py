@@ -192,10 +192,7 @@ def _explain_facts(args: argparse.Namespace, policy: Policy, resource: str) -> I
     if args.source_ip:
         if args.sni or args.host_header:
             raise ValueError("--sni and --host-header describe outbound requests (--destination)")
-        try:
-            ipaddress.ip_address(args.source_ip.strip("[]"))
-        except ValueError:
-            raise ValueError(f"--source-ip: {args.source_ip!r} is not an IPv4 or IPv6 address") from None
+        _checked("--source-ip", ipaddress.ip_address, args.source_ip.strip("[]"))
         subscription = args.subscription
         if subscription:
             _checked("--subscription", normalize_subscription, subscription)

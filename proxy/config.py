@@ -190,14 +190,17 @@ class _Validator:
         except ConfigError as exc:
             problems = [p if p.source is not None else replace(p, source=exc.source) for p in exc.problems]
             raise ConfigError(self.source, problems) from None
-        self.origins.update(origins)
         rest = {k: v for k, v in document.items() if k not in ARM_KEYS}
-        return {**rest, **self._lift_properties(converted, "")}  # Azure's enums in any case, as ARM takes them
+        return {**rest, **self._adopt_arm(converted, origins)}
 
     def _convert_arm(self, document: Any) -> dict[str, Any]:
         """An ARM template/export given as the configuration itself: Azure's rules with no local endpoints,
         enough to validate and explain (``run`` needs listeners: a YAML file with ``arm:`` and ``bindings:``)."""
-        converted, origins = arm.convert_document(document, self.source, {})
+        return self._adopt_arm(*arm.convert_document(document, self.source, {}))
+
+    def _adopt_arm(self, converted: dict[str, Any], origins: dict[str, arm.Origin]) -> dict[str, Any]:
+        """Take a converted ARM document in: its paths map back to the ARM file for errors, and its enums are
+        canonicalised as the native format's are (ARM takes them in any case)."""
         self.origins.update(origins)
         return self._lift_properties(converted, "")
 

@@ -159,8 +159,7 @@ def _outcome(
         "direction": direction, "mode": mode, "traffic_type": verdict.traffic_type, "profile": compiled.profile.name,
         "resource": assoc.name, "perimeter": compiled.perimeter.name, "generation": policy.generation,
         "matched_rule": verdict.matched_rule,
-        "source_perimeter_guid": source.perimeter.guid if source else "",
-        "source_resource_id": source.association.resource_id if source else "",
+        **_source_fields(source),
     }
     if verdict.allowed_by is not RuleType.NONE:
         return Decision(allowed=True, would_deny=False, category=_ALLOWED[(direction, verdict.allowed_by)],
@@ -220,26 +219,30 @@ def _guarded_destination(policy: Policy, compiled: CompiledAssociation, facts: O
         category=Category.PUBLIC_OUTBOUND_PERIMETER_DENIED, result_action=ResultAction.DENIED,
         mode=compiled.association.mode, traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE,
         matched_rule=None, profile=compiled.profile.name, resource=compiled.association.name,
-        perimeter=compiled.perimeter.name, generation=policy.generation, source_perimeter_guid=compiled.perimeter.guid,
-        source_resource_id=compiled.association.resource_id, reason=f"{facts.refused_by_guard} (refused in every mode)",
+        perimeter=compiled.perimeter.name, generation=policy.generation, **_source_fields(compiled),
+        reason=f"{facts.refused_by_guard} (refused in every mode)",
     )
 
 
 def _failure(policy: Policy, compiled: CompiledAssociation | None, direction: Direction, exc: Exception) -> Decision:
     mode = compiled.association.mode if compiled else None
     blocks = mode in (None, AccessMode.ENFORCED)
-    outbound_source = compiled is not None and direction is Direction.OUTBOUND
     return Decision(
         direction=direction, allowed=not blocks, would_deny=True, category=_PERIMETER_DENIED[direction],
         result_action=ResultAction.DENIED, mode=mode, traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE,
         matched_rule=None, profile=compiled.profile.name if compiled else None,
         resource=compiled.association.name if compiled else None,
         perimeter=compiled.perimeter.name if compiled else None, generation=policy.generation,
-        source_perimeter_guid=compiled.perimeter.guid if outbound_source else "",
-        source_resource_id=compiled.association.resource_id if outbound_source else "",
+        **_source_fields(compiled if direction is Direction.OUTBOUND else None),
         reason=f"error while deciding ({'denied: fail closed' if blocks else 'not blocked in ' + mode.value})",
         error=f"{type(exc).__name__}: {exc}",
     )
+
+
+def _source_fields(source: CompiledAssociation | None) -> dict[str, str]:
+    """The Decision fields naming the caller as a perimeter member (empty for a public caller)."""
+    return {"source_perimeter_guid": source.perimeter.guid if source else "",
+            "source_resource_id": source.association.resource_id if source else ""}
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
