@@ -26,7 +26,7 @@ from proxy.decision import Decision, OutboundFacts
 from proxy.denials import outbound_denial
 from proxy.engine import attribute_outbound
 from proxy.model import Direction
-from proxy.normalize import ip_literal_address, is_ip_literal
+from proxy.normalize import canonical_destination, ip_literal_address, is_ip_literal
 from proxy.resolver import ResolutionError
 from proxy.runtime import Runtime
 
@@ -165,9 +165,11 @@ class OutboundGate:
         source_ip, source_port = client.peername[:2]
         source_ip = source_ip[7:] if source_ip.lower().startswith("::ffff:") and "." in source_ip else source_ip
         resource = attribute_outbound(runtime.policy, client.proxy_mode.custom_listen_port or 0, source_ip)
+        # The one canonical form of the destination (A-label name, canonical address) that is decided, logged,
+        # resolved and pinned; a name IDNA2008 refuses stays as sent and the engine denies it with the reason.
         return OutboundFacts(resource=resource, source_ip=source_ip, source_port=source_port,
-                             destination_host=host, destination_port=port, protocol=protocol,
-                             host_header=host_header)
+                             destination_host=canonical_destination(host), destination_port=port,
+                             protocol=protocol, host_header=host_header)
 
     async def _decide(self, runtime: Runtime, client: connection.Client, facts: OutboundFacts,
                       operation: str) -> Decision:

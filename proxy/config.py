@@ -271,6 +271,9 @@ class _Validator:
             blocked_destination_prefixes=self._prefixes(
                 "settings.blockedDestinationPrefixes", raw.get("blockedDestinationPrefixes")
             ),
+            dns_cache_size=int(dns.get("cacheSize", base.dns_cache_size)),
+            dns_max_ttl=float(dns.get("maxTtl", base.dns_max_ttl)),
+            dns_max_negative_ttl=float(dns.get("maxNegativeTtl", base.dns_max_negative_ttl)),
         )
 
     def _optional_endpoint(

@@ -13,8 +13,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from proxy import addresses
 from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.model import AccessMode, Direction
+from proxy.model import AccessMode, Association, Direction
 from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription
 from proxy.policy import CompiledAssociation, Policy
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
@@ -98,7 +99,7 @@ def _evaluate_inbound(policy: Policy, compiled: CompiledAssociation, facts: Inbo
 def _evaluate_outbound(policy: Policy, compiled: CompiledAssociation, facts: OutboundFacts) -> _Verdict:
     host = facts.destination_host.strip().strip("[]")
     if is_ip_literal(host):
-        member = policy.member_endpoints.get((host, facts.destination_port))
+        member = _member_endpoint(policy, host, facts.destination_port)
         if member and member.perimeter == compiled.perimeter.name:
             return _Verdict(RuleType.INTRA_PERIMETER, TrafficType.INTRA, None,
                             f"destination is {member.name!r}, a member of the perimeter")
@@ -255,6 +256,20 @@ def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address 
         return ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
     except ValueError:
         return None
+
+
+def _member_endpoint(policy: Policy, host: str, port: int) -> Association | None:
+    """The member whose own listener ``host:port`` is, in any spelling of the address (``::ffff:127.0.0.1``,
+    ``2130706433``); listener keys are canonical (``proxy.policy``)."""
+    try:
+        address = addresses.parse(host)
+    except ValueError:
+        return None
+    for form in addresses.forms(address):
+        member = policy.member_endpoints.get((str(form), port))
+        if member is not None:
+            return member
+    return None
 
 
 def _subscription(value: str | None) -> str | None:

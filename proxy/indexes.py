@@ -11,14 +11,23 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
+import netaddr
+
+from proxy import addresses
 from proxy.model import IPNetwork
 
 V = TypeVar("V")
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address | netaddr.IPAddress
 
 
 class PrefixIndex(Generic[V]):
-    """Longest-prefix match over IPv4 and IPv6 networks; each network carries a value."""
+    """Longest-prefix match over IPv4 and IPv6 networks; each network carries a value.
+
+    A lookup folds an IPv4-mapped address (``::ffff:10.0.0.1``) to its IPv4 address, which is the same socket
+    address. It does not unwrap NAT64, 6to4 or Teredo: those are other addresses on the wire, and for the
+    allow-lists this index serves (address rules, trusted proxies, source prefixes) unwrapping would widen
+    access. Destination guards check every form themselves (``proxy.addresses.forms``, ``lookup_any``).
+    """
 
     def __init__(self, entries: Iterable[tuple[IPNetwork, V]] = ()):
         self._tables: dict[int, dict[int, dict[int, V]]] = {4: {}, 6: {}}
@@ -40,15 +49,22 @@ class PrefixIndex(Generic[V]):
         """Values of every prefix containing ``address``, longest prefix first."""
         if address is None:
             return
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1 to a rule author
-        bits = address.max_prefixlen
-        number = int(address)
-        tables = self._tables[address.version]
-        for length in self._lengths[address.version]:
+        version, number = addresses.index_key(address)
+        bits = 32 if version == 4 else 128
+        tables = self._tables[version]
+        for length in self._lengths[version]:
             value = tables[length].get(number >> (bits - length))
             if value is not None:
                 yield value
+
+
+    def lookup_any(self, candidates: Iterable[IPAddress]) -> V | None:
+        """The value of the first candidate that any prefix contains (e.g. every form of a destination)."""
+        for address in candidates:
+            value = self.lookup(address)
+            if value is not None:
+                return value
+        return None
 
 
 class FqdnIndex(Generic[V]):

@@ -124,6 +124,9 @@ class Settings:
     outbound_listen_host: str | None = None
     outbound_listen_port: int | None = None
     blocked_destination_prefixes: tuple[IPNetwork, ...] = ()
+    dns_cache_size: int = 10_000  # names whose answers are kept (LRU)
+    dns_max_ttl: float = 300.0  # seconds an answer is kept at most, whatever its TTL
+    dns_max_negative_ttl: float = 30.0  # seconds an NXDOMAIN/no-data answer (with an SOA) is kept at most
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 
+import idna
+
+from proxy import addresses
 from proxy.model import IPNetwork
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_LDH = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+MAX_LABEL = 63
+MAX_NAME = 253  # without the trailing dot (RFC 1035: 255 octets on the wire)
+MAX_INPUT = 1024  # longer input is refused before mapping (UTS-46 may drop characters, never 4 in 5)
+_WILDCARD = re.compile("^\\*[.\uff0e\u3002\uff61]")  # "*." with any dot UTS-46 maps to "."
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
@@ -50,18 +56,84 @@ def normalize_subscription(value: str) -> str:
 
 
 def normalize_hostname(value: str) -> str:
-    """Lower-case ASCII (IDNA) host name without trailing dot. Raises for names no DNS lookup could carry."""
-    text = value.strip().rstrip(".")
-    if not text:
-        raise ValueError("empty host name")
+    """The lower-case A-label form of a host name, without trailing dot: what is decided, logged and resolved.
+
+    IDNA2008 with the UTS-46 mapping (the ``idna`` package): ``Bücher.TEST``, ``xn--bcher-kva.test`` and
+    ``bücher\uff0etest`` (fullwidth dot) are all ``xn--bcher-kva.test``. Letter-digit-hyphen ASCII labels are
+    kept as they are, also with ``--`` in the 3rd and 4th position (``r3---sn-x``), as browsers do
+    (UTS-46 CheckHyphens=false); an ``xn--`` label must be valid punycode of a valid IDNA2008 label. Raises
+    ``ValueError`` with the reason for anything else: empty labels, labels over 63 or names over 253
+    characters, characters IDNA2008 disallows (``_``, symbols, emoji), IP addresses.
+    """
+    name = _ascii_name(value)
+    if is_ip_literal(name):
+        raise ValueError(f"{value!r} is an IP address, not a host name")
+    return name
+
+
+def _ascii_name(value: str) -> str:
+    """``normalize_hostname`` without the IP-literal check: UTS-46 mapping, then each label's A-label."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a host name")
+    if len(value) > MAX_INPUT:
+        raise ValueError(f"{value[:40]!r}... is not a valid host name ({len(value)} characters)")
     try:
-        ascii_name = text.encode("idna").decode("ascii") if not text.isascii() else text
-    except UnicodeError as exc:
+        mapped = idna.uts46_remap(value.strip(), std3_rules=True, transitional=False)
+    except (idna.IDNAError, UnicodeError, ValueError) as exc:
         raise ValueError(f"{value!r} is not a valid host name ({exc})") from None
-    ascii_name = ascii_name.lower()
-    if len(ascii_name) > 253 or not all(_LABEL.match(label) for label in ascii_name.split(".")):
-        raise ValueError(f"{value!r} is not a valid host name")
-    return ascii_name
+    labels = mapped.split(".")
+    if len(labels) > 1 and labels[-1] == "":
+        labels.pop()  # the root: "example.com." is "example.com"
+    if labels == [""]:
+        raise ValueError("empty host name")
+    ascii_labels = [_a_label(label, value) for label in labels]
+    name = ".".join(ascii_labels)
+    if len(name) > MAX_NAME:
+        raise ValueError(f"{value!r} is not a valid host name ({len(name)} characters; at most {MAX_NAME})")
+    return name
+
+
+def _a_label(label: str, original: str) -> str:
+    """One label, already UTS-46 mapped (so lower case), as its A-label."""
+    if not label:
+        raise ValueError(f"{original!r} is not a valid host name (empty label)")
+    if _LDH.match(label) and not label.startswith("xn--"):
+        return label
+    try:
+        encoded = idna.alabel(label).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError) as exc:
+        raise ValueError(f"{original!r} is not a valid host name ({exc})") from None
+    if len(encoded) > MAX_LABEL:
+        raise ValueError(f"{original!r} is not a valid host name (label over {MAX_LABEL} characters)")
+    return encoded
+
+
+def canonical_destination(host: str) -> str:
+    """The one form of an outbound destination host that is decided, logged, resolved and pinned: an IP
+    literal's canonical address (``2130706433`` -> ``127.0.0.1``, ``[::1]`` -> ``::1``), a name's A-label.
+    Input that is neither is returned in ASCII where it can be (the punycode mitmproxy decoded it from), else
+    lower-cased, so that the engine denies it with its reason instead of the caller failing here."""
+    text = host.strip()
+    if not is_ip_literal(text):
+        try:
+            text = _ascii_name(text)  # an IP literal may hide behind fullwidth digits or dots: checked next
+        except ValueError:
+            return _as_sent(text)
+        if not is_ip_literal(text):
+            return text
+    try:
+        return ip_literal_address(text)
+    except ValueError:
+        return text.lower()
+
+
+def _as_sent(text: str) -> str:
+    """An invalid name as it came on the wire: mitmproxy decodes A-labels with Python's IDNA2003 codec
+    (``xn--n3h.test`` arrives as ``☃.test``), so that codec gives the client's ASCII form back."""
+    try:
+        return text.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return text.lower()
 
 
 def normalize_fqdn_rule(value: str) -> str:
@@ -69,7 +141,7 @@ def normalize_fqdn_rule(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a domain name")
     text = value.strip()
-    if text.startswith("*."):
+    if _WILDCARD.match(text):
         return "*." + normalize_hostname(text[2:])
     if "*" in text:
         raise ValueError(f"{value!r}: a wildcard is only allowed as the whole first label ('*.example.com')")
@@ -79,37 +151,16 @@ def normalize_fqdn_rule(value: str) -> str:
 
 
 def is_ip_literal(host: str) -> bool:
-    """True for IPv4/IPv6 literals, bracketed or not, and for the numeric forms resolvers accept (``2130706433``)."""
-    text = host.strip().strip("[]")
-    try:
-        ipaddress.ip_address(text.split("%", 1)[0])
-        return True
-    except ValueError:
-        pass
-    # inet_aton-style forms: 127.1, 0x7f.1, 2130706433: resolvers turn them into addresses without DNS.
-    parts = text.rstrip(".").split(".")
-    return bool(parts) and len(parts) <= 4 and all(_numeric_part(p) for p in parts)
+    """True for IP literals in every spelling a resolver accepts (``[::1]``, ``fe80::1%eth0``, ``127.1``,
+    ``0x7f.0.0.1``, ``2130706433``, ``127.0.0.1.``) and for hosts that only look like one (``1.2.3.4.5``): those
+    are never looked up as names. See ``proxy.addresses.is_literal``."""
+    return addresses.is_literal(host)
 
 
 def ip_literal_address(host: str) -> str:
-    """The canonical address of an IP literal, numeric forms included (``2130706433`` -> ``127.0.0.1``),
-    so that what is checked against blocked prefixes and dialled is what a resolver would have made of it."""
-    text = host.strip().strip("[]").split("%", 1)[0]
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    try:
-        return str(ipaddress.IPv4Address(socket.inet_aton(text.rstrip("."))))
-    except OSError:
-        raise ValueError(f"{host!r} is not an IP address") from None
-
-
-def _numeric_part(part: str) -> bool:
-    low = part.lower()
-    if low.startswith("0x"):
-        return len(low) > 2 and all(c in "0123456789abcdef" for c in low[2:])
-    return part.isdigit()
+    """The canonical address of an IP literal (``2130706433`` -> ``127.0.0.1``), so that what is checked
+    against blocked prefixes and dialled is what a resolver would have made of it. ``ValueError`` otherwise."""
+    return addresses.canonical(host)
 
 
 def parse_endpoint(value: str | int, default_host: str = "127.0.0.1") -> tuple[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proxy import addresses
 from proxy.indexes import FqdnIndex, PrefixIndex
 from proxy.model import Association, Config, Direction, Perimeter, Profile
 
@@ -63,7 +64,7 @@ def compile_policy(config: Config, generation: int) -> Policy:
             local = assoc.local
             if local.listen_port:
                 inbound_ports[local.listen_port] = assoc.name
-                member_endpoints[(local.listen_host or "127.0.0.1", local.listen_port)] = assoc
+                member_endpoints[(_canonical_host(local.listen_host), local.listen_port)] = assoc
             member_sources.extend((net, (perimeter, assoc.name)) for net in local.outbound_source_prefixes)
             member_fqdns.extend((fqdn, assoc) for fqdn in local.service_fqdns)
     return Policy(
@@ -77,6 +78,14 @@ def compile_policy(config: Config, generation: int) -> Policy:
         member_endpoints=member_endpoints,
         listeners=_listeners(config),
     )
+
+
+def _canonical_host(host: str | None) -> str:
+    """A listen address in the canonical spelling destinations are compared in (``proxy.addresses``)."""
+    try:
+        return addresses.canonical(host or "127.0.0.1")
+    except ValueError:
+        return (host or "").lower()
 
 
 def _listeners(config: Config) -> tuple[tuple[str, int, str], ...]:

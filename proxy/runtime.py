@@ -8,7 +8,6 @@ reload leaves the previous one untouched (brief: "a broken change never replaces
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from proxy import addresses
 from proxy.accesslog import AccessLogWriter, build_record
 from proxy.config import load_config
 from proxy.decision import Decision, InboundFacts, OutboundFacts
@@ -72,18 +72,23 @@ class Runtime:
         return (s.metrics_listen_host or "127.0.0.1", s.metrics_listen_port) if s.metrics_listen_port else None
 
     def own_listener(self, address: str, port: int) -> str | None:
-        """``reverse``, ``forward`` or ``metrics`` if dialling ``address:port`` reaches this proxy itself."""
+        """``reverse``, ``forward`` or ``metrics`` if dialling ``address:port`` reaches this proxy itself.
+
+        ``address`` may be in any spelling (``2130706433``, ``[::ffff:127.0.0.1]``, ``64:ff9b::7f00:1``): it
+        reaches a listener on the port when it reaches this host at all (loopback, ``0.0.0.0``, ``::``, also
+        embedded), names the listener's own address, or is an address of this machine and the listener is
+        bound to every address (``0.0.0.0``/``::``) or to a name.
+        """
         try:
-            ip = ipaddress.ip_address(address)
+            ip = addresses.parse(address)
         except ValueError:
             return None
-        local = ip.is_loopback or ip.is_unspecified
         endpoints = [*self.policy.listeners]
         metrics = self.metrics_endpoint()
         if metrics:
             endpoints.append((metrics[0], metrics[1], "metrics"))
         for host, listen_port, kind in endpoints:
-            if listen_port == port and (local or address == host.strip("[]")):
+            if listen_port == port and _reaches(ip, host):
                 return kind
         return None
 
@@ -128,7 +133,7 @@ class Runtime:
             # Build everything the new generation needs first; swap only when nothing can fail any more.
             config = load_config(self.config_path)
             policy = compile_policy(config, generation)
-            trusted, resolver = _trusted(config), Resolver(config.settings)
+            trusted, resolver = _trusted(config), Resolver(config.settings, cache_from=self.resolver)
             target = self.access_log_target(config)
             writer = AccessLogWriter(target) if target != self.writer.target else None
         except ConfigError as exc:
@@ -189,6 +194,19 @@ class Runtime:
     def close(self) -> None:
         self.writer.close()
         self.metrics.stop()
+
+
+def _reaches(ip: addresses.IPAddress, listen_host: str) -> bool:
+    """Whether dialling ``ip`` reaches a listener bound to ``listen_host`` (the port already matches)."""
+    if addresses.reaches_this_host(ip):
+        return True
+    try:
+        bound = addresses.parse(listen_host or "0.0.0.0")
+    except ValueError:
+        return addresses.is_local(ip)  # bound to a name: any address of this machine may be it
+    if bound in addresses.forms(ip):
+        return True
+    return int(bound) == 0 and addresses.is_local(ip)
 
 
 def _trusted(config: Config) -> PrefixIndex[bool]:
