@@ -436,7 +436,9 @@ def test_ip_literal_denied_in_enforced_allowed_in_transition(nsp_proxy, dnsmasq,
     records = records_after(proxy, 5)
     assert_record(records[0], category=DENIED, action="Denied", fqdn="127.0.0.2", port=plain.port, protocol="HTTP")
     assert_record(records[1], category=DENIED, action="Denied", fqdn="127.0.0.2", port=443, protocol="HTTPS")
-    assert_record(records[2], category=DENIED, action="Denied", fqdn="2130706434", port=tls.port)
+    # decided and logged as the canonical address; the operation keeps the spelling the client sent
+    assert_record(records[2], category=DENIED, action="Denied", fqdn="127.0.0.2", port=tls.port)
+    assert records[2]["OperationName"] == f"CONNECT 2130706434:{tls.port}"
     for record in records[:3]:
         assert "IP-literal destination" in record["ResultDescription"]
     assert_record(records[3], category=RESOURCE_ALLOWED, action="Approved", fqdn="127.0.0.2", port=plain.port,
