@@ -149,11 +149,11 @@ class Resolver:
                 problems.append(f"{rdtype}: empty answer")
                 negative.append(0.0)
             except dns.resolver.NXDOMAIN as exc:
-                ttl = _negative_ttl(next(iter(exc.responses().values()), None))
+                ttl = _negative_ttl(lambda exc=exc: next(iter(exc.responses().values()), None))
                 return _Answer((), f"{name}: no such domain (NXDOMAIN)", now + min(ttl, self._max_negative_ttl))
             except dns.resolver.NoAnswer as exc:
                 problems.append(f"{rdtype}: NoAnswer")
-                negative.append(_negative_ttl(exc.response()))
+                negative.append(_negative_ttl(exc.response))
             except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
                 problems.append(f"{rdtype}: {type(exc).__name__}")
                 negative.append(0.0)
@@ -165,11 +165,14 @@ class Resolver:
         return _Answer((), f"{name}: no address ({'; '.join(problems)})", now + ttl)
 
 
-def _negative_ttl(response: dns.message.Message | None) -> float:
-    """RFC 2308: the SOA record's TTL, at most its MINIMUM field; 0 (not cached) without an SOA."""
-    if response is None:
-        return 0.0
-    for rrset in response.authority:
-        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
-            return float(min(rrset.ttl, rrset[0].minimum))
+def _negative_ttl(response: Callable[[], dns.message.Message | None]) -> float:
+    """RFC 2308: the SOA record's TTL, at most its MINIMUM field; 0 (not cached) without an SOA, or when the
+    exception carries no response (dnspython raises KeyError for that)."""
+    try:
+        message = response()
+        for rrset in message.authority if message is not None else ():
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                return float(min(rrset.ttl, rrset[0].minimum))
+    except Exception:  # an odd exception object means "do not cache", never a failed lookup
+        log.debug("no SOA in a negative DNS answer", exc_info=True)
     return 0.0

@@ -46,11 +46,11 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 @pytest.fixture
 def dnsmasq(tmp_path: Path) -> Iterator[Callable[[Records], Dnsmasq]]:
     """``dnsmasq({"name.test": "127.0.0.2", "multi.test": ["127.0.0.3", "127.0.0.4"]})`` starts a DNS server
-    answering those names (NXDOMAIN for others, every query logged)."""
+    answering those names (NXDOMAIN for others, every query logged); ``ttl=`` sets the records' TTL (default 0)."""
     started: list[Dnsmasq] = []
 
-    def start(records: Records) -> Dnsmasq:
-        server = start_dnsmasq(records, tmp_path / f"dns{len(started)}")
+    def start(records: Records, ttl: int = 0) -> Dnsmasq:
+        server = start_dnsmasq(records, tmp_path / f"dns{len(started)}", ttl=ttl)
         started.append(server)
         return server
 

@@ -265,6 +265,11 @@ class Dnsmasq:
     log: Path
     stderr: Any  # the open file dnsmasq writes its stderr to
 
+    def queries(self, name: str, rdtype: str = "A") -> int:
+        """How many ``rdtype`` queries for ``name`` dnsmasq has logged."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return sum(f"query[{rdtype}] {name} from " in line for line in text.splitlines())
+
     def queried(self, name: str) -> bool:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return any(f"] {name} from " in line for line in text.splitlines() if "query[" in line)
@@ -296,8 +301,9 @@ class Dnsmasq:
         self.stderr.close()
 
 
-def start_dnsmasq(records: Records, workdir: Path) -> Dnsmasq:
-    """Start dnsmasq answering ``records`` (name -> address or addresses, IPv4 or IPv6)."""
+def start_dnsmasq(records: Records, workdir: Path, ttl: int = 0) -> Dnsmasq:
+    """Start dnsmasq answering ``records`` (name -> address or addresses, IPv4 or IPv6) with TTL ``ttl``
+    (dnsmasq's default for its own records is 0: never cached)."""
     binary = require("dnsmasq", "apt-get install dnsmasq-base")
     workdir.mkdir(parents=True, exist_ok=True)
     hosts, log = workdir / "dns.hosts", workdir / "dnsmasq.log"
@@ -308,7 +314,8 @@ def start_dnsmasq(records: Records, workdir: Path) -> Dnsmasq:
         process = subprocess.Popen(
             [binary, "--keep-in-foreground", "--no-daemon", "--port", str(port), "--listen-address", "127.0.0.1",
              "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--user=root",
-             f"--pid-file={workdir / 'dnsmasq.pid'}", f"--log-facility={log}", "--log-queries", "--local=/#/"],
+             f"--pid-file={workdir / 'dnsmasq.pid'}", f"--log-facility={log}", "--log-queries", "--local=/#/",
+             f"--local-ttl={ttl}"],
             stdout=subprocess.DEVNULL, stderr=stderr,
         )
         server = Dnsmasq(process, port, hosts, log, stderr)
