@@ -111,14 +111,19 @@ def _a_label(label: str, original: str) -> str:
 def canonical_destination(host: str) -> str:
     """The one form of an outbound destination host that is decided, logged, resolved and pinned: an IP
     literal's canonical address (``2130706433`` -> ``127.0.0.1``, ``[::1]`` -> ``::1``), a name's A-label.
-    Input that is neither is returned in ASCII where it can be (the punycode mitmproxy decoded it from), else
-    lower-cased, so that the engine denies it with its reason instead of the caller failing here."""
-    text = host.strip()
+
+    ``host`` is what mitmproxy parsed, which has decoded each A-label with Python's IDNA2003 codec
+    (``xn--bcher-kva.test`` arrives as ``bücher.test``). Each label is first put back into the punycode the
+    client sent, so that IDNA2008 judges the A-label itself: a decoded label holding a fullwidth dot or a
+    symbol is refused, not re-mapped into another name. Input that is no valid name or address is returned
+    in that ASCII form, lower-cased, and the engine denies it with the reason.
+    """
+    text = _wire_form(host.strip())
     if not is_ip_literal(text):
         try:
-            text = _ascii_name(text)  # an IP literal may hide behind fullwidth digits or dots: checked next
+            text = _ascii_name(text)
         except ValueError:
-            return _as_sent(text)
+            return text.lower()
         if not is_ip_literal(text):
             return text
     try:
@@ -127,13 +132,15 @@ def canonical_destination(host: str) -> str:
         return text.lower()
 
 
-def _as_sent(text: str) -> str:
-    """An invalid name as it came on the wire: mitmproxy decodes A-labels with Python's IDNA2003 codec
-    (``xn--n3h.test`` arrives as ``☃.test``), so that codec gives the client's ASCII form back."""
+def _wire_form(text: str) -> str:
+    """Each non-ASCII label (split on ASCII dots only, as the client's A-labels were) back in punycode."""
+    if text.isascii():
+        return text
     try:
-        return text.encode("idna").decode("ascii").lower()
+        return ".".join(label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+                        for label in text.split("."))
     except UnicodeError:
-        return text.lower()
+        return text
 
 
 def normalize_fqdn_rule(value: str) -> str:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from proxy.config import parse_config_text
 from proxy.errors import ConfigError
-from proxy.normalize import canonical_destination, normalize_fqdn_rule, normalize_hostname
+from proxy.normalize import canonical_destination, is_ip_literal, normalize_fqdn_rule, normalize_hostname
 
 FULLWIDTH_LOOPBACK = "\uff11\uff12\uff17.\uff10.\uff10.\uff11"  # 127.0.0.1 in fullwidth digits
 LONG_LABEL = "a" * 64
@@ -33,7 +33,6 @@ LONGEST_NAME = ".".join(["a" * 63] * 3 + ["a" * 61])  # 253 characters
 ])
 def test_names_normalise_to_their_a_label(text: str, expected: str) -> None:
     assert normalize_hostname(text) == expected
-    assert canonical_destination(text) == expected
     assert normalize_fqdn_rule(text) == expected
     assert normalize_fqdn_rule("*." + text) == "*." + expected
 
@@ -64,15 +63,29 @@ def test_names_idna2008_refuses_raise_value_error(text: str, reason: str) -> Non
         normalize_hostname(text)
 
 
-@pytest.mark.parametrize(("host", "expected"), [
-    pytest.param("2130706433", "127.0.0.1", id="integer-address"),
-    pytest.param("[::FFFF:127.0.0.1]", "::ffff:127.0.0.1", id="bracketed-ipv6"),
-    pytest.param(FULLWIDTH_LOOPBACK, "127.0.0.1", id="fullwidth-ipv4"),
-    pytest.param("☃.test", "xn--n3h.test", id="invalid-name-as-sent-in-ascii"),
-    pytest.param("1.2.3.4.5", "1.2.3.4.5", id="broken-literal-as-sent"),
+@pytest.mark.parametrize(("host", "expected", "valid"), [
+    pytest.param("API.Example.com.", "api.example.com", True, id="case-and-trailing-dot"),
+    pytest.param("bücher.test", "xn--bcher-kva.test", True, id="decoded-a-label"),
+    pytest.param("xn--bcher-kva.test", "xn--bcher-kva.test", True, id="a-label"),
+    pytest.param("2130706433", "127.0.0.1", True, id="integer-address"),
+    pytest.param("0x7f.1", "127.0.0.1", True, id="hex-address"),
+    pytest.param("[::FFFF:127.0.0.1]", "::ffff:127.0.0.1", True, id="bracketed-ipv6"),
+    pytest.param("☃.test", "xn--n3h.test", False, id="invalid-name-as-sent"),
+    pytest.param("a\uff0eb.test", "xn--ab-yu3n.test", False, id="fullwidth-dot-inside-a-decoded-label"),
+    pytest.param(FULLWIDTH_LOOPBACK, None, False, id="fullwidth-digits-inside-decoded-labels"),
+    pytest.param("1.2.3.4.5", "1.2.3.4.5", False, id="broken-literal-as-sent"),
+    pytest.param("xn--zz.test", "xn--zz.test", False, id="invalid-punycode-as-sent"),
 ])
-def test_canonical_destination(host: str, expected: str) -> None:
-    assert canonical_destination(host) == expected
+def test_canonical_destination(host: str, expected: str | None, valid: bool) -> None:
+    """Destinations come from mitmproxy, which decoded A-labels: IDNA2008 judges the A-label the client sent;
+    what is not valid stays in that ASCII form for the engine to deny."""
+    canonical = canonical_destination(host)
+    if expected is not None:
+        assert canonical == expected
+    assert canonical.isascii()
+    if not valid and not is_ip_literal(canonical):
+        with pytest.raises(ValueError):
+            normalize_hostname(canonical)
 
 
 @given(st.text(max_size=80))
@@ -83,7 +96,7 @@ def test_generated_hostnames_raise_only_value_error(text: str) -> None:
         return
     assert name == normalize_hostname(name), "the A-label form is a fixed point"
     assert name.isascii() and name == name.lower() and not name.endswith(".")
-    assert canonical_destination(text) == name
+    assert canonical_destination(name) == name
 
 
 @given(st.text(alphabet=st.sampled_from("aAbü-.\uff0e\u3002xn0129_*☃ "), max_size=40))
