@@ -20,7 +20,13 @@ from proxy.engine import decide_inbound, decide_outbound
 from proxy.errors import ConfigError
 from proxy.listeners import mitmproxy_modes
 from proxy.model import Config
-from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription, parse_endpoint
+from proxy.normalize import (
+    canonical_destination,
+    is_ip_literal,
+    normalize_hostname,
+    normalize_subscription,
+    parse_endpoint,
+)
 from proxy.policy import Policy, compile_policy
 
 EXIT_OK, EXIT_INVALID, EXIT_DENIED = 0, 1, 3
@@ -205,10 +211,11 @@ def _explain_facts(args: argparse.Namespace, policy: Policy, resource: str) -> I
     if args.subscription:
         raise ValueError("--subscription describes inbound requests (--source-ip)")
     host, port = _checked("--destination", _destination, args.destination)
-    if not is_ip_literal(host):
-        _checked("--destination", normalize_hostname, host)
-    return OutboundFacts(resource=resource, source_ip="127.0.0.1", destination_host=host, destination_port=port,
-                         host_header=args.host_header, sni=args.sni)
+    # the form the forward proxy decides and logs: a canonical address, or the A-label of a name typed in any form
+    destination = canonical_destination(host) if is_ip_literal(host) else _checked(
+        "--destination", normalize_hostname, host)
+    return OutboundFacts(resource=resource, source_ip="127.0.0.1", destination_host=destination,
+                         destination_port=port, host_header=args.host_header, sni=args.sni)
 
 
 def _checked(option: str, parse: Callable[[str], Any], value: str) -> Any:
