@@ -67,7 +67,6 @@ class Resolver:
             self._cache = cache_from._cache  # a reload that keeps the DNS servers keeps what they answered
             self._trim()
         self._inflight: dict[str, asyncio.Future[_Answer]] = {}
-        self.queries = 0  # DNS queries sent, for tests and debugging
 
     def usable(self, found: tuple[str, ...]) -> tuple[str, ...]:
         """The addresses outside ``blockedDestinationPrefixes``, in the order given. Each is checked in every
@@ -139,7 +138,6 @@ class Resolver:
         negative: list[float] = []  # how long each failed query may be remembered (0: not at all)
         now = self._clock()
         for rdtype in ("A", "AAAA"):
-            self.queries += 1
             try:
                 answer = await self._resolver.resolve(name, rdtype, search=False)
                 found = tuple(r.address for r in answer)
