@@ -654,6 +654,28 @@ def test_arm_bad_subscription_points_at_the_resource(tmp_path: Path) -> None:
                     file="nsp.json")
 
 
+@pytest.mark.parametrize(("fqdn", "reason"), [
+    pytest.param("xn--zz.example.com", "Invalid A-label", id="invalid-punycode"),
+    pytest.param("\u2603.example.com", "not allowed", id="disallowed-symbol"),
+    pytest.param("a" * 64 + ".example.com", "too long", id="label-over-63"),
+    pytest.param("a..example.com", "empty label", id="empty-label"),
+])
+def test_arm_invalid_fqdn_points_at_the_rule(tmp_path: Path, fqdn: str, reason: str) -> None:
+    template = _template()
+    template["resources"][4]["properties"]["fullyQualifiedDomainNames"][1] = fqdn
+    assert_reported(_refuse_arm(tmp_path, template), "resources[4].properties.fullyQualifiedDomainNames[1]", reason,
+                    file="nsp.json")
+
+
+def test_arm_fqdn_rules_are_normalised_to_a_labels(tmp_path: Path) -> None:
+    template = _template()
+    template["resources"][4]["properties"]["fullyQualifiedDomainNames"] = ["B\u00fccher.Example.COM.",
+                                                                           "*\uff0eVault.azure.net"]
+    config = _load_arm(tmp_path, template)
+    fqdns = {f for p in config.perimeters[0].profiles for r in p.rules for f in r.fqdns}
+    assert {"xn--bcher-kva.example.com", "*.vault.azure.net"} <= fqdns
+
+
 def test_arm_unknown_property_points_at_the_resource(tmp_path: Path) -> None:
     template = _template()
     template["resources"][6]["properties"]["accesMode"] = "Enforced"
