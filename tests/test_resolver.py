@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,6 +17,8 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
+from proxy.config import parse_config_text
+from proxy.errors import ConfigError
 from proxy.model import Settings
 from proxy.resolver import ResolutionError, Resolver
 
@@ -215,3 +218,24 @@ BLOCKED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("169.254.16
 def test_usable_checks_every_form_of_an_answer(answer: str, usable: bool) -> None:
     resolver = Resolver(replace(Settings(), blocked_destination_prefixes=BLOCKED))
     assert resolver.usable((answer,)) == ((answer,) if usable else ())
+
+
+def _settings_document(dns_settings: dict[str, Any]) -> str:
+    return json.dumps({"settings": {"dns": dns_settings}, "perimeters": [{"name": "p", "profiles": [{"name": "x"}],
+                                                                         "resourceAssociations": []}]})
+
+
+def test_cache_bounds_are_settings() -> None:
+    defaults = parse_config_text(_settings_document({}), "t.json").settings
+    assert (defaults.dns_cache_size, defaults.dns_max_ttl, defaults.dns_max_negative_ttl) == (10_000, 300, 30)
+    given = parse_config_text(_settings_document({"cacheSize": 5, "maxTtl": 60, "maxNegativeTtl": 0}), "t.json")
+    assert (given.settings.dns_cache_size, given.settings.dns_max_ttl, given.settings.dns_max_negative_ttl) == (
+        5, 60, 0)
+
+
+@pytest.mark.parametrize(("key", "value"), [("cacheSize", -1), ("cacheSize", 1.5), ("cacheSize", True),
+                                            ("maxTtl", -1), ("maxTtl", 86401), ("maxNegativeTtl", "30")])
+def test_bad_cache_bounds_are_refused_with_their_path(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config_text(_settings_document({key: value}), "t.json")
+    assert [p.path for p in refused.value.problems] == [f"settings.dns.{key}"]
