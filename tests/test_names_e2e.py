@@ -247,6 +247,28 @@ def test_canonicalised_destination_reaches_the_backend(setup: Setup, sent: str) 
     assert len(setup.backend.hits) == hits + 1
 
 
+@pytest.mark.xfail(strict=True, reason=_PIN_LOOKUP)
+def test_ip_literal_in_another_spelling_reaches_the_backend_in_transition(setup: Setup) -> None:
+    before, hits = len(setup.proxy.records()), len(setup.backend.hits)
+    assert probe(setup.ports["Learning"], "http", "2130706434", setup.backend.port) == 200  # 127.0.0.2
+    assert one_record(setup.proxy, before)["DestinationFqdn"] == "127.0.0.2"
+    assert len(setup.backend.hits) == hits + 1
+
+
+@pytest.mark.xfail(strict=True, reason="requestheaders compares a tunnel's Host header with _same_host (outbound "
+                   "branch), which does not canonicalise: 'Host: 2130706434' differs from the tunnel's 127.0.0.2 "
+                   "and a second (would-deny) record is written; it needs proxy.normalize.canonical_destination")
+def test_tunnel_to_ip_literal_in_another_spelling_has_one_record(setup: Setup) -> None:
+    before = len(setup.proxy.records())
+    authority = f"2130706434:{setup.backend.port}"
+    with socket.create_connection(("127.0.0.1", setup.ports["Learning"]), timeout=10) as sock:
+        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert b" 200 " in sock.recv(4096)
+        sock.sendall(f"GET /inside HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.")
+    exactly(setup.proxy, before + 1, settle=0.3)
+
+
 @pytest.mark.parametrize("kind", ["http", "connect"])
 @pytest.mark.parametrize("mode", ["Enforced", "Learning"])
 @pytest.mark.parametrize("sent", [
