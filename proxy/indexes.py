@@ -57,7 +57,6 @@ class PrefixIndex(Generic[V]):
             if value is not None:
                 yield value
 
-
     def lookup_any(self, candidates: Iterable[IPAddress]) -> V | None:
         """The value of the first candidate that any prefix contains (e.g. every form of a destination)."""
         for address in candidates:
