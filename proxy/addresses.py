@@ -17,7 +17,6 @@ WHATWG "ends in a number" rule) is written here by hand, each with a note saying
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
 from typing import Protocol
@@ -82,20 +81,18 @@ def canonical(text: str) -> str:
 def is_literal(host: str) -> bool:
     """True when ``host`` is, or tries to be, an IP address rather than a name.
 
-    Beyond what ``parse`` accepts, a host whose last label is a number (``1.2.3.4.5``, ``4294967296``, ``a.0x``)
-    counts: the WHATWG URL standard's "ends in a number" rule, by which browsers refuse such hosts as broken
-    IPv4 rather than look them up; netaddr has no such notion. Anything with a ``:`` is an IPv6 attempt.
+    That is the WHATWG URL standard's "ends in a number" rule (the last label, after one trailing dot, is a
+    decimal, octal or ``0x`` number), by which browsers treat ``1.2.3.4.5`` or ``4294967296`` as broken IPv4
+    rather than look them up; it covers every form ``parse`` accepts, since each ends in a number. netaddr has
+    no such notion. Anything with a ``:`` or in brackets is an IPv6 attempt.
     """
     value = host.strip()
     if value.startswith("[") or ":" in value:
         return True
-    with contextlib.suppress(ValueError):
-        parse(value)
-        return True
     labels = value.split(".")
     if len(labels) > 1 and labels[-1] == "":
         labels.pop()
-    return bool(labels) and bool(_NUMBER.match(labels[-1]))
+    return bool(_NUMBER.match(labels[-1]))
 
 
 def embedded_ipv4(address: IPAddress) -> tuple[IPAddress, ...]:

@@ -7,6 +7,7 @@ Each function raises ``ValueError`` with a message fit to show a user.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -65,16 +66,18 @@ def normalize_hostname(value: str) -> str:
     ``ValueError`` with the reason for anything else: empty labels, labels over 63 or names over 253
     characters, characters IDNA2008 disallows (``_``, symbols, emoji), IP addresses.
     """
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a host name")
     name = _ascii_name(value)
     if is_ip_literal(name):
         raise ValueError(f"{value!r} is an IP address, not a host name")
     return name
 
 
+@functools.lru_cache(maxsize=4096)
 def _ascii_name(value: str) -> str:
-    """``normalize_hostname`` without the IP-literal check: UTS-46 mapping, then each label's A-label."""
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a host name")
+    """``normalize_hostname`` without the IP-literal check: UTS-46 mapping, then each label's A-label.
+    Cached (4096 names; failures are not cached): every request's destination and Host header pass here."""
     if len(value) > MAX_INPUT:
         raise ValueError(f"{value[:40]!r}... is not a valid host name ({len(value)} characters)")
     try:
@@ -118,7 +121,7 @@ def canonical_destination(host: str) -> str:
     symbol is refused, not re-mapped into another name. Input that is no valid name or address is returned
     in that ASCII form, lower-cased, and the engine denies it with the reason.
     """
-    text = _wire_form(host.strip())
+    text = _wire_form(host.strip()) if isinstance(host, str) else ""
     if not is_ip_literal(text):
         try:
             text = _ascii_name(text)
