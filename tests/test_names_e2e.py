@@ -6,7 +6,9 @@ exactly one access-log record."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from tests.support import (
     RunningProxy,
     exactly,
     free_port,
+    require,
     start_backend,
     start_dnsmasq,
     start_proxy,
@@ -227,6 +230,24 @@ def test_idn_is_decided_logged_and_resolved_as_its_a_label(setup: Setup, sent: s
     assert (record["Category"], record["DestinationFqdn"]) == (ALLOWED, logged), record
     assert json.loads(record["DestinationParameters"])["resolvedAddress"] == "127.0.0.2"
     setup.dns.wait_queried(logged)
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Learning"])
+@pytest.mark.parametrize(("url_host", "logged"), [
+    pytest.param("café.allowed.test", "xn--caf-dma.allowed.test", id="u-label-for-a-label-rule"),
+    pytest.param("BÜCHER\uff0eallowed\u3002test", "xn--bcher-kva.allowed.test", id="fullwidth-dots-uppercase"),
+])
+def test_curl_with_an_idn_url_is_decided_on_the_a_label(setup: Setup, url_host: str, logged: str,
+                                                        mode: str) -> None:
+    """curl (libidn2, UTS-46) sends the A-label of what the user typed; the rule matches it in any mode."""
+    before = len(setup.proxy.records())
+    environment = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    subprocess.run([require("curl", "apt-get install curl"), "-s", "-o", "/dev/null", "--max-time", "10",
+                    "-x", f"http://127.0.0.1:{setup.ports[mode]}", f"http://{url_host}:{setup.backend.port}/curl"],
+                   capture_output=True, timeout=20, env=environment)
+    record = one_record(setup.proxy, before)
+    assert (record["Category"], record["ResultAction"], record["DestinationFqdn"]) == (ALLOWED, "Approved", logged)
+    assert json.loads(record["MatchedRule"])["accessRule"] == "allow"
 
 
 _PIN_LOOKUP = ("mitmproxy hands the gate the host as it parsed it ('bücher.allowed.test': it decodes A-labels; "
