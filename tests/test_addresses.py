@@ -145,3 +145,13 @@ def test_prefix_index_folds_only_ipv4_mapped() -> None:
 def test_is_local_asks_the_kernel() -> None:
     assert addresses.is_local(addresses.parse("127.0.0.1"))
     assert not addresses.is_local(addresses.parse("192.0.2.1"))  # TEST-NET-1: never assigned here
+
+
+@given(st.text(max_size=60))
+def test_generated_text_parses_or_raises_value_error(text: str) -> None:
+    try:
+        address = addresses.parse(text)
+    except ValueError:
+        return
+    assert is_ip_literal(text), "whatever parses as an address is an IP literal, never a name to look up"
+    assert addresses.canonical(str(address)) == str(address)
