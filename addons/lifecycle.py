@@ -82,9 +82,8 @@ class NspLifecycle:
             if hasattr(signal, "SIGHUP"):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self.runtime:
-            written = self.runtime.records_written
-            self.runtime.close()
-            log.info("nsp-proxy stopped; %d access-log records written", written)
+            self.runtime.close()  # writes pending records, flushes the queue (bounded by accessLogFlushTimeout)
+            log.info("nsp-proxy stopped; %d access-log records written", self.runtime.records_written)
         if self.demo:
             self.demo.stop()
 

@@ -96,6 +96,10 @@ def mitmdump_binary() -> str:
     return found
 
 
+# The script's ``addons``/``proxy`` imports come from this checkout, not from an installed copy of nsp-proxy.
+SCRIPT_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
 def mitmdump_command(config: Path, workdir: Path, metrics_port: int) -> list[str]:
     """The README's command line. mitmproxy's own listener options are pinned to loopback and its confdir to
     ``workdir``, so nothing listens beyond 127.0.0.1 and no CA is written to the home directory."""
@@ -118,7 +122,7 @@ def start_mitmdump(config: dict[str, Any], workdir: Path, listen: list[int]) -> 
     log_path = workdir / "mitmdump.log"
     log = log_path.open("w")
     process = subprocess.Popen(mitmdump_command(config_path, workdir, metrics_port), cwd=REPO,
-                               stdout=log, stderr=subprocess.STDOUT)
+                               stdout=log, stderr=subprocess.STDOUT, env=SCRIPT_ENV)
     running = RunningProxy(process, config_path, workdir / "access.jsonl", metrics_port, log_path, log)
     try:
         for port in [metrics_port, *listen]:
@@ -247,7 +251,8 @@ def test_mitmdump_script_refuses_an_invalid_config(tmp_path: Path, backend: Back
     metrics_port = free_port()
     command = mitmdump_command(bad, tmp_path, metrics_port)
     default_port = int(command[command.index("--set", command.index("listen_host=127.0.0.1")) + 1].split("=")[1])
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=SCRIPT_ENV)
     default_listener_opened = False  # mitmproxy's own default listener (pinned to loopback here) must stay shut
     deadline = time.monotonic() + 15
     while process.poll() is None and time.monotonic() < deadline:
