@@ -25,6 +25,7 @@ from proxy.listeners import mitmproxy_modes
 from proxy.model import Direction
 from proxy.normalize import parse_endpoint
 from proxy.runtime import Overrides, Runtime
+from proxy.startup import startup_lines
 
 log = logging.getLogger("nsp-proxy")
 
@@ -67,7 +68,8 @@ class NspLifecycle:
         endpoint = self.runtime.metrics_endpoint()
         if endpoint:
             self.runtime.metrics.serve(*endpoint)
-            log.info("nsp-proxy metrics on http://%s:%d/metrics", *endpoint)
+        for line in startup_lines(self.runtime.policy, self.runtime.writer.target, endpoint):
+            log.info("nsp-proxy: %s", line)
 
     def running(self) -> None:
         if self.runtime and self._watch is None:
