@@ -297,6 +297,15 @@ class _ConnectionChatter:
         return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIXES))
 
 
+def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """At shutdown asyncio cancels the connections still open; on Python 3.11 its stream callback then reports
+    each cancelled connection task as an error with a CancelledError traceback. A cancellation is how a
+    connection ends at shutdown, not an error: it is not reported. Everything else is, as by default."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: bool = False) -> int:
     import logging
 
@@ -322,6 +331,7 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: 
         print(f"nsp-proxy: {exc}", file=sys.stderr)
         return EXIT_INVALID
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_cancellation)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     if hasattr(signal, "SIGPIPE"):
