@@ -52,9 +52,9 @@ class Metrics:
                                            registry=r)
         self.timeouts = Counter(t.METRIC_TIMEOUTS, "Connections or requests ended by a settings.timeouts timer.",
                                 ("kind",), registry=r)
+        self.decision_seconds = {direction: self.latency.labels(direction) for direction in t.DIRECTIONS}
         for direction in t.DIRECTIONS:
             self.errors.labels(direction)
-            self.latency.labels(direction)
         for result in t.RELOAD_RESULTS:
             self.reloads.labels(result)
         for reason in t.LOG_ERROR_REASONS:

@@ -100,7 +100,7 @@ class Runtime:
         policy = self.policy
         started = time.perf_counter()
         decision = decide(policy, facts)
-        self.metrics.latency.labels(decision.direction.value).observe(time.perf_counter() - started)
+        self.metrics.decision_seconds[decision.direction].observe(time.perf_counter() - started)
         return decision
 
     def record(self, decision: Decision, facts: InboundFacts | OutboundFacts, **details: Any) -> bool:
