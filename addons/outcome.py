@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from addons import errorpages
 from proxy.decision import Decision, InboundFacts, OutboundFacts
@@ -48,32 +48,49 @@ def record_request(runtime: Runtime, flow: http.HTTPFlow, decision: Decision, fa
 
 
 class Outcome:
-    """Completes deferred records and tidies the responses the proxy makes itself."""
+    """Completes deferred records and tidies the responses the proxy makes itself. Runs after the gates."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, dict[str, http.HTTPFlow]] = {}  # client id -> its flows with a pending record
 
     def load(self, _loader: Any) -> None:
         errorpages.install()
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if PENDING in flow.metadata:
+            self.open.setdefault(flow.client_conn.id, {})[flow.id] = flow
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """A flow whose end no hook reported still gets its record when its client is gone."""
+        for flow in self.open.pop(client.id, {}).values():
+            _complete(flow, None, "client disconnected")
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
-            _complete(flow, flow.response.status_code, None)
+            self._complete(flow, flow.response.status_code, None)
 
     def response(self, flow: http.HTTPFlow) -> None:
         response = flow.response
         if response is None:
             return
-        _complete(flow, response.status_code, None)  # a response set by an addon has no responseheaders
+        self._complete(flow, response.status_code, None)  # a response set by an addon has no responseheaders
         if flow.request.method == "HEAD" and response.raw_content:
             response.raw_content = b""  # headers (Content-Length included) as for GET, no body
         if "date" not in response.headers:
             response.headers["date"] = http_date()
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if PENDING not in flow.metadata:
-            return
         status, reason = errorpages.outcome(flow.error.msg if flow.error else "", flow.metadata.get(TIMEOUT))
         if status == 504:
-            errorpages.answer_with(504)
-        _complete(flow, status, reason)
+            errorpages.answer_with(504)  # the page mitmproxy sends next (a 502 by default) says 504
+        if PENDING in flow.metadata:
+            self._complete(flow, status, reason)
+
+    def _complete(self, flow: http.HTTPFlow, status: int | None, error: str | None) -> None:
+        flows = self.open.get(flow.client_conn.id)
+        if flows is not None:
+            flows.pop(flow.id, None)
+        _complete(flow, status, error)
 
 
 def _complete(flow: http.HTTPFlow, status: int | None, error: str | None) -> None:
