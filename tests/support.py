@@ -76,6 +76,17 @@ class RunningProxy:
         lines = self.access_log.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    def settled_records(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The records once every decision made so far has one: records are written by a thread, and an
+        allowed request's record when its response has been sent, so a client may see the answer first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records = self.records()
+            if len(records) >= self.metric("nsp_decisions_total"):
+                return records
+            time.sleep(0.02)
+        return self.records()
+
     def wait_for_records(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

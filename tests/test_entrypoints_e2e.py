@@ -233,7 +233,7 @@ def test_mitmdump_script_reloads_the_config_live(mitmdump, backend: Backend) -> 
         {"name": "loopback-too", "direction": "Inbound", "addressPrefixes": [LOOPBACK]})
     proxy.write_config(edited)
     assert wait_until(lambda: status(target) == 200) is not None, f"the edit was never applied:\n{proxy.stderr()}"
-    last = proxy.records()[-1]
+    last = proxy.settled_records()[-1]
     check(last, ALLOWED, "loopback-too", "locked", LOCKED_ID)
     assert last["AccessRuleVersion"] == "2"
     assert proxy.metric("nsp_config_generation") == 2
@@ -421,7 +421,7 @@ def test_run_on_arm_input_decides_by_arm_rules_and_follows_arm_edits(arm_proxy, 
     applied = wait_until(lambda: status(locked_url) == 200)
     assert applied is not None, f"the ARM edit was never applied:\n{proxy.stderr()}"
     assert proxy.config_path.stat().st_mtime_ns == yaml_stat.st_mtime_ns, "the YAML file was touched"
-    last = proxy.records()[-1]
+    last = proxy.settled_records()[-1]
     check(last, ALLOWED, "allow-office", "locked", locked_id)
     assert last["AccessRuleVersion"] == "2"
     assert proxy.metric("nsp_config_generation") == 2
@@ -435,7 +435,7 @@ def test_run_on_arm_input_decides_by_arm_rules_and_follows_arm_edits(arm_proxy, 
     assert "'10.0.0.1/8' is not a valid IPv4 or IPv6 prefix" in refusal, refusal
     assert wait_until(lambda: proxy.metric("nsp_config_reloads_total", result="failure") == 1) is not None
     assert status(locked_url) == 200
-    assert proxy.records()[-1]["AccessRuleVersion"] == "2"
+    assert proxy.settled_records()[-1]["AccessRuleVersion"] == "2"
     assert proxy.process.poll() is None
 
 

@@ -266,7 +266,7 @@ def test_removed_resource_is_refused_on_its_forward_connection_still_open(nsp_pr
     assert answer in (None, 403)
     assert [hit[1] for hit in target.hits] == ["/one"]
     if answer == 403:
-        record = proxy.records()[-1]
+        record = proxy.settled_records()[-1]
         assert (record["Category"], record["AccessRuleVersion"], record["SourceResourceId"]) == (DENIED, "2", "")
         assert "not a resource of any perimeter on this listener" in record["ResultDescription"]
 
