@@ -15,10 +15,10 @@ first failed write until the next successful one.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
 
 DEFAULT_QUEUE_SIZE = 10_000  # records; at ~700 bytes each, at most ~7 MB waiting
@@ -143,10 +143,8 @@ class AccessLogWriter:
             return exc
 
     def _cut_partial(self, start: int | None) -> None:
-        try:
+        with contextlib.suppress(OSError):  # if even this fails, nothing more can be done here
             if start is not None:
                 os.ftruncate(self._fd, start)
             else:
                 os.write(self._fd, b"\n")  # a pipe: end the broken line so the next record starts its own
-        except OSError:
-            time.sleep(0)  # nothing more can be done; the next write tries again
