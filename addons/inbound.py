@@ -14,6 +14,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.failsafe import fail_closed_flow
 from addons.lifecycle import NspLifecycle
+from addons.outcome import record_request
 from proxy.claims import subscription_from_bearer
 from proxy.clientip import effective_client_ip
 from proxy.decision import InboundFacts
@@ -55,8 +56,8 @@ class InboundGate:
         )
         decision = runtime.decide_inbound(facts)
         path = request.path.split("?", 1)[0]
-        runtime.record(
-            decision, facts,
+        record_request(
+            runtime, flow, decision, facts,
             operation=f"{request.method} {path}",
             operation_version=request.headers.get("x-ms-version") or request.query.get("api-version", ""),
             source_parameters={

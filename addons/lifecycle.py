@@ -25,6 +25,7 @@ from proxy.listeners import mitmproxy_modes
 from proxy.model import Direction
 from proxy.normalize import parse_endpoint
 from proxy.runtime import Overrides, Runtime
+from proxy.startup import startup_lines
 
 log = logging.getLogger("nsp-proxy")
 
@@ -67,7 +68,8 @@ class NspLifecycle:
         endpoint = self.runtime.metrics_endpoint()
         if endpoint:
             self.runtime.metrics.serve(*endpoint)
-            log.info("nsp-proxy metrics on http://%s:%d/metrics", *endpoint)
+        for line in startup_lines(self.runtime.policy, self.runtime.writer.target, endpoint):
+            log.info("nsp-proxy: %s", line)
 
     def running(self) -> None:
         if self.runtime and self._watch is None:
@@ -82,9 +84,8 @@ class NspLifecycle:
             if hasattr(signal, "SIGHUP"):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self.runtime:
-            written = self.runtime.records_written
-            self.runtime.close()
-            log.info("nsp-proxy stopped; %d access-log records written", written)
+            self.runtime.close()  # writes pending records, flushes the queue (bounded by accessLogFlushTimeout)
+            log.info("nsp-proxy stopped; %d access-log records written", self.runtime.records_written)
         if self.demo:
             self.demo.stop()
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from addons.inbound import InboundGate
 from addons.lifecycle import NspLifecycle
+from addons.limits import Limits
 from addons.outbound import OutboundGate
+from addons.outcome import Outcome
 
 
 def make_addons() -> list[object]:
     lifecycle = NspLifecycle()
-    return [lifecycle, InboundGate(lifecycle), OutboundGate(lifecycle)]
+    return [lifecycle, Limits(lifecycle), InboundGate(lifecycle), OutboundGate(lifecycle), Outcome()]
 
 
 addons = make_addons()

@@ -22,6 +22,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.failsafe import fail_closed_flow
 from addons.lifecycle import NspLifecycle
+from addons.outcome import record_request
 from proxy.decision import Decision, OutboundFacts
 from proxy.denials import outbound_denial
 from proxy.engine import attribute_outbound
@@ -58,7 +59,7 @@ class OutboundGate:
             return
         facts = self._facts(runtime, flow.client_conn, flow.request.host, flow.request.port, "HTTPS")
         decision = await self._decide(runtime, flow.client_conn, facts, f"CONNECT {flow.request.host}:"
-                                                                         f"{flow.request.port}")
+                                                                         f"{flow.request.port}", flow)
         if not decision.allowed:
             self._deny(flow, facts, decision)
         elif not self._pinned(flow.client_conn, facts):
@@ -83,12 +84,12 @@ class OutboundGate:
             decision = runtime.decide_outbound(facts)
             scheme = "https" if flow.client_conn.tls else "http"
             target = f"{scheme}://{tunnel.destination_host}:{tunnel.destination_port}{request.path}"
-            runtime.record(decision, facts, operation=f"{request.method} {target}")  # the tunnel's, not the Host's
+            record_request(runtime, flow, decision, facts, operation=f"{request.method} {target}")  # the tunnel's
         else:
             facts = self._facts(runtime, flow.client_conn, request.host, request.port, "HTTP",
                                 host_header=request.host_header)
             decision = await self._decide(runtime, flow.client_conn, facts, f"{request.method} {request.scheme}://"
-                                                                            f"{request.host}:{request.port}")
+                                                                            f"{request.host}:{request.port}", flow)
         if not decision.allowed:
             self._deny(flow, facts, decision)
         elif tunnel is None and not self._pinned(flow.client_conn, facts):
@@ -172,7 +173,7 @@ class OutboundGate:
                              protocol=protocol, host_header=host_header)
 
     async def _decide(self, runtime: Runtime, client: connection.Client, facts: OutboundFacts,
-                      operation: str) -> Decision:
+                      operation: str, flow: http.HTTPFlow) -> Decision:
         """Decide; if allowed, resolve and pin the address; write the one record. Denied names are never
         looked up, so a DNS query cannot carry data out either."""
         decision = runtime.decide_outbound(facts)
@@ -201,7 +202,7 @@ class OutboundGate:
                 details["resolvedAddress"] = usable[0]
                 if len(addresses) > 1:
                     details["resolvedAddresses"] = ",".join(addresses)
-        runtime.record(decision, facts, operation=operation, destination_parameters=details)
+        record_request(runtime, flow, decision, facts, operation=operation, destination_parameters=details)
         return decision
 
     def _pinned(self, client: connection.Client, facts: OutboundFacts) -> bool:

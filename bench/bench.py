@@ -302,7 +302,7 @@ def summarize(target: str, connections: int, windows: list[Window]) -> LoadResul
 def engine_benchmark(rules: int, seconds: float) -> dict[str, Any]:
     """decide_inbound calls per second with the benchmark's 200-prefix profile, over a mix of callers."""
     sys.path.insert(0, str(REPO))
-    from proxy.accesslog import build_record
+    from proxy.accesslog import build_record, encode_record
     from proxy.config import parse_config_text
     from proxy.decision import InboundFacts
     from proxy.engine import decide_inbound
@@ -328,7 +328,7 @@ def engine_benchmark(rules: int, seconds: float) -> dict[str, Any]:
         return done / (time.perf_counter() - started), done
 
     decisions_per_s, done = rate(lambda f: decide_inbound(policy, f))
-    with_record_per_s, _ = rate(lambda f: json.dumps(build_record(decide_inbound(policy, f), f, policy)))
+    with_record_per_s, _ = rate(lambda f: encode_record(build_record(decide_inbound(policy, f), f, policy)))
     return {
         "rules": rules, "callers": len(facts), "allowed_callers": allowed, "decisions": done,
         "decisions_per_s": round(decisions_per_s), "us_per_decision": round(1e6 / decisions_per_s, 2),

@@ -1,22 +1,31 @@
-"""NSP access-log records: built from a decision, written as one JSON line each, never lost.
+"""NSP access-log records: built from a decision and encoded as one JSON line each.
 
-Every record is written with a single ``os.write`` of a whole line to an unbuffered descriptor (O_APPEND for
-files), so nothing waits in a user-space buffer: a record is on its way to the file the moment the decision is
-made, SIGTERM cannot strand it, and concurrent writers never interleave half lines. ``write`` says whether the
-record reached the descriptor, so the runtime can count what was written against the decisions made.
+The record path runs once per request on the event loop, so it is kept lean: field names are plain strings
+computed once (no ``Enum.value`` lookups per record), the seconds part of the timestamp is formatted once per
+second, and lines are encoded with orjson when it is installed (valid UTF-8 JSON, control characters escaped)
+with the standard library as the fallback (and for text orjson refuses: lone surrogates from request bytes that
+were not UTF-8 are written as ``\\udcXX`` escapes). Writing is ``proxy.logwriter``'s job, off the event loop.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import threading
+import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.policy import Policy
 from proxy.telemetry import Field
+
+try:  # optional: several times faster than json.dumps for a record
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency, but the record path must not need it
+    _orjson = None
+
+# Plain-str field names, looked up once at import (F.CATEGORY == "Category").
+F = SimpleNamespace(**{field.name: field.value for field in Field})
 
 
 def build_record(
@@ -31,100 +40,93 @@ def build_record(
     destination_parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One NSPAccessLogs record (Count 1: nsp-proxy does not aggregate)."""
-    stamp = _timestamp(when or datetime.now(UTC))
+    stamp = timestamp() if when is None else _format_datetime(when)
     compiled = policy.association(decision.resource)
     resource_id = compiled.association.resource_id if compiled else ""
     location = compiled.perimeter.location if compiled else ""
+    service_fqdn = _service_fqdn(compiled, facts)
     if isinstance(facts, InboundFacts):
-        destination_resource, destination_fqdn = resource_id, _service_fqdn(compiled, facts)
+        destination_resource, destination_fqdn = resource_id, service_fqdn
     else:
         destination_resource, destination_fqdn = "", facts.destination_host
     description = decision.reason if not decision.error else f"{decision.reason}: {decision.error}"
-    record = {
-        Field.TIME_GENERATED: stamp,
-        Field.TIME_GENERATED_END_TIME: stamp,
-        Field.COUNT: 1,
-        Field.CATEGORY: decision.category.value,
-        Field.OPERATION_NAME: operation,
-        Field.OPERATION_VERSION: operation_version,
-        Field.RESULT_ACTION: decision.result_action.value,
-        Field.RESULT_DIRECTION: decision.direction.value,
-        Field.RESULT_DESCRIPTION: description,
-        Field.RULE_TYPE: decision.rule_type.value,
-        Field.MATCHED_RULE: _params({"accessRule": decision.matched_rule}),
-        Field.PROFILE: decision.profile or "",
-        Field.ACCESS_RULE_VERSION: str(decision.generation),
-        Field.TRAFFIC_TYPE: decision.traffic_type.value,
-        Field.SOURCE_IP_ADDRESS: facts.source_ip,
-        Field.SOURCE_PORT: facts.source_port,
-        Field.SOURCE_PROTOCOL: facts.protocol,
-        Field.SOURCE_RESOURCE_ID: decision.source_resource_id,
-        Field.SOURCE_APP_ID: "",
-        Field.SOURCE_PERIMETER_GUIDS: decision.source_perimeter_guid,
-        Field.SOURCE_PARAMETERS: _params(source_parameters),
-        Field.DESTINATION_FQDN: destination_fqdn,
-        Field.DESTINATION_PORT: facts.destination_port,
-        Field.DESTINATION_PROTOCOL: facts.protocol,
-        Field.DESTINATION_RESOURCE_ID: destination_resource,
-        Field.DESTINATION_EMAIL_ADDRESS: "",
-        Field.DESTINATION_PHONE_NUMBER: "",
-        Field.DESTINATION_PARAMETERS: _params(destination_parameters),
-        Field.SERVICE_FQDN: _service_fqdn(compiled, facts),
-        Field.SERVICE_RESOURCE_ID: resource_id,
-        Field.LOCATION: location,
+    # StrEnum members are str: both encoders write their value, and record["Category"] == "Nsp..." holds.
+    return {
+        F.TIME_GENERATED: stamp,
+        F.TIME_GENERATED_END_TIME: stamp,
+        F.COUNT: 1,
+        F.CATEGORY: decision.category,
+        F.OPERATION_NAME: operation,
+        F.OPERATION_VERSION: operation_version,
+        F.RESULT_ACTION: decision.result_action,
+        F.RESULT_DIRECTION: decision.direction,
+        F.RESULT_DESCRIPTION: description,
+        F.RULE_TYPE: decision.rule_type,
+        F.MATCHED_RULE: _params({"accessRule": decision.matched_rule}) if decision.matched_rule else "",
+        F.PROFILE: decision.profile or "",
+        F.ACCESS_RULE_VERSION: str(decision.generation),
+        F.TRAFFIC_TYPE: decision.traffic_type,
+        F.SOURCE_IP_ADDRESS: facts.source_ip,
+        F.SOURCE_PORT: facts.source_port,
+        F.SOURCE_PROTOCOL: facts.protocol,
+        F.SOURCE_RESOURCE_ID: decision.source_resource_id,
+        F.SOURCE_APP_ID: "",
+        F.SOURCE_PERIMETER_GUIDS: decision.source_perimeter_guid,
+        F.SOURCE_PARAMETERS: _params(source_parameters),
+        F.DESTINATION_FQDN: destination_fqdn,
+        F.DESTINATION_PORT: facts.destination_port,
+        F.DESTINATION_PROTOCOL: facts.protocol,
+        F.DESTINATION_RESOURCE_ID: destination_resource,
+        F.DESTINATION_EMAIL_ADDRESS: "",
+        F.DESTINATION_PHONE_NUMBER: "",
+        F.DESTINATION_PARAMETERS: _params(destination_parameters),
+        F.SERVICE_FQDN: service_fqdn,
+        F.SERVICE_RESOURCE_ID: resource_id,
+        F.LOCATION: location,
     }
-    return {key.value: value for key, value in record.items()}
 
 
-class AccessLogWriter:
-    """Appends records to a file, or to stdout when the target is ``-``."""
-
-    def __init__(self, target: str):
-        self.target = target
-        self._lock = threading.Lock()
-        if target == "-":
-            self._fd = os.dup(1)  # our own descriptor: closing it never closes the process's stdout
-        else:
-            directory = os.path.dirname(os.path.abspath(target))
-            os.makedirs(directory, exist_ok=True)
-            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._closed = False
-
-    def write(self, record: dict[str, Any]) -> bool:
-        # ensure_ascii: request text decoded with surrogateescape (non-UTF-8 bytes) stays representable.
-        data = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
-        with self._lock:
-            if self._closed:
-                return False
-            try:
-                view = memoryview(data)
-                while view:
-                    done = os.write(self._fd, view)
-                    view = view[done:]
-            except OSError:
-                return False
-            return True
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                if self.target != "-":
-                    os.fsync(self._fd)
-            except OSError:
-                pass
-            os.close(self._fd)
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One whole line: UTF-8 JSON with control characters escaped, ending in a newline."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(record, option=_orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # orjson.JSONEncodeError: e.g. a lone surrogate; the fallback escapes it
+            pass
+    return (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
 
 
-def _timestamp(when: datetime) -> str:
+# -- timestamps: the seconds formatted once per second --------------------------------------------------------
+
+_clock: list[Any] = [-1, ""]  # [the second, its "YYYY-MM-DDTHH:MM:SS"]
+
+
+def timestamp(now: float | None = None) -> str:
+    """``2025-01-02T03:04:05.123456Z`` for ``now`` (default: the current time)."""
+    now = time.time() if now is None else now
+    second = int(now)
+    if second != _clock[0]:
+        _clock[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _clock[0] = second
+    return f"{_clock[1]}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def _format_datetime(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _params(values: dict[str, Any] | None) -> str:
-    clean = {k: v for k, v in (values or {}).items() if v not in (None, "")}
-    return json.dumps(clean, separators=(",", ":"), sort_keys=True) if clean else ""
+    if not values:
+        return ""
+    clean = {k: v for k, v in values.items() if v not in (None, "")}
+    if not clean:
+        return ""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(clean, option=_orjson.OPT_SORT_KEYS).decode()
+        except TypeError:
+            pass
+    return json.dumps(clean, separators=(",", ":"), sort_keys=True)
 
 
 def _strip_port(host: str) -> str:

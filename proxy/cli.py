@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--access-log", help="access-log target: a file path, or - for stdout "
                      "(overrides settings.accessLog)")
     run.add_argument("--metrics", help="Prometheus endpoint host:port, or 'off' (overrides settings.metrics)")
+    run.add_argument("--verbose", "-v", action="store_true",
+                     help="also log each client and server connect/disconnect (quiet by default)")
     run.add_argument("--set", dest="mitm_options", action="append", default=[], metavar="OPTION=VALUE",
                      help="pass an option to mitmproxy (repeatable), e.g. --set ssl_insecure=true")
     run.set_defaults(handler=_cmd_run)
@@ -288,10 +290,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"nsp-proxy: --metrics: {exc}", file=sys.stderr)
             return EXIT_INVALID
     options = {"nsp_config": path, "nsp_access_log": args.access_log or "", "nsp_metrics": args.metrics or ""}
-    return asyncio.run(_serve(options, args.mitm_options))
+    return asyncio.run(_serve(options, args.mitm_options, verbose=args.verbose))
 
 
-async def _serve(nsp_options: dict[str, str], mitm_options: list[str]) -> int:
+class _ConnectionChatter:
+    """Drops mitmproxy's per-connection lines ("client connect", "server disconnect 10.0.0.1:443", ...)
+    unless --verbose: at any load they bury what the operator needs to see."""
+
+    PREFIXES = ("client connect", "client disconnect", "client kill connection", "server connect ",
+                "server disconnect ")
+
+    def filter(self, record: Any) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIXES))
+
+
+def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """At shutdown asyncio cancels the connections still open; on Python 3.11 its stream callback then reports
+    each cancelled connection task as an error with a CancelledError traceback. A cancellation is how a
+    connection ends at shutdown, not an error: it is not reported. Everything else is, as by default."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
+async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: bool = False) -> int:
     import logging
 
     from mitmproxy import exceptions, options
@@ -303,6 +325,8 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str]) -> int:
     logging.getLogger().setLevel(logging.DEBUG)  # as mitmdump does; the terminal log filters by verbosity
     for noisy in ("tornado", "asyncio", "hpack", "quic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        logging.getLogger("mitmproxy.proxy.server").addFilter(_ConnectionChatter())
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     master.addons.add(termlog.TermLog(out=sys.stderr))  # stdout belongs to the access log
@@ -314,6 +338,7 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str]) -> int:
         print(f"nsp-proxy: {exc}", file=sys.stderr)
         return EXIT_INVALID
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_cancellation)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     if hasattr(signal, "SIGPIPE"):

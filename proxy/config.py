@@ -274,6 +274,7 @@ class _Validator:
             dns_cache_size=int(dns.get("cacheSize", base.dns_cache_size)),
             dns_max_ttl=float(dns.get("maxTtl", base.dns_max_ttl)),
             dns_max_negative_ttl=float(dns.get("maxNegativeTtl", base.dns_max_negative_ttl)),
+            **_bounds(raw, base),
         )
 
     def _optional_endpoint(
@@ -532,3 +533,17 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     if error.validator == "oneOf":
         return f"{error.instance!r} has the wrong shape (expected {{id: ...}} or a string)"
     return error.message
+
+
+def _bounds(raw: dict[str, Any], base: Settings) -> dict[str, Any]:
+    """settings.accessLogQueue, accessLogFlushTimeout, timeouts.* and maxClientConnections (schema-checked)."""
+    timeouts = raw.get("timeouts") or {}
+    return {
+        "access_log_queue": int(raw.get("accessLogQueue", base.access_log_queue)),
+        "access_log_flush_timeout": float(raw.get("accessLogFlushTimeout", base.access_log_flush_timeout)),
+        "upstream_connect_timeout": float(timeouts.get("upstreamConnect", base.upstream_connect_timeout)),
+        "upstream_response_timeout": float(timeouts.get("upstreamResponse", base.upstream_response_timeout)),
+        "client_headers_timeout": float(timeouts.get("clientHeaders", base.client_headers_timeout)),
+        "idle_timeout": float(timeouts.get("idle", base.idle_timeout)),
+        "max_client_connections": int(raw.get("maxClientConnections", base.max_client_connections)),
+    }

@@ -8,18 +8,39 @@ that passes against nsp-proxy fails the same way against Azure.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import formatdate
 
 from proxy.decision import Decision
 
 
 @dataclass(frozen=True)
 class DenialResponse:
+    """Status, headers and body of a denial. Every denial carries a ``Date`` header (RFC 9110 6.6.1), as
+    Azure's do. A denied HEAD request is answered with these headers and no body (``addons.outcome``)."""
+
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+
+    def __post_init__(self) -> None:
+        if not any(name.lower() == "date" for name, _ in self.headers):
+            object.__setattr__(self, "headers", (*self.headers, ("date", http_date())))
+
+
+_date_cache: list = [-1, ""]  # [second, its IMF-fixdate]: formatted once per second
+
+
+def http_date(now: float | None = None) -> str:
+    """``Sun, 06 Nov 1994 08:49:37 GMT`` for ``now`` (default: the current time)."""
+    second = int(time.time() if now is None else now)
+    if second != _date_cache[0]:
+        _date_cache[1] = formatdate(second, usegmt=True)
+        _date_cache[0] = second
+    return _date_cache[1]
 
 
 def inbound_denial(service_kind: str, decision: Decision, client_ip: str, resource_id: str,

@@ -127,6 +127,15 @@ class Settings:
     dns_cache_size: int = 10_000  # names whose answers are kept (LRU)
     dns_max_ttl: float = 300.0  # seconds an answer is kept at most, whatever its TTL
     dns_max_negative_ttl: float = 30.0  # seconds an NXDOMAIN/no-data answer (with an SOA) is kept at most
+    # Bounds (config/README.md "settings"): the access-log queue and its flush at shutdown, timeouts, and the
+    # client connections one listener holds open.
+    access_log_queue: int = 10_000  # records waiting for the writer thread
+    access_log_flush_timeout: float = 5.0  # seconds SIGTERM waits for queued records to be written
+    upstream_connect_timeout: float = 10.0  # seconds to open the TCP connection to the upstream
+    upstream_response_timeout: float = 120.0  # seconds from the request sent to the response's headers
+    client_headers_timeout: float = 30.0  # seconds from connect to the first request's complete headers
+    idle_timeout: float = 60.0  # seconds a kept-alive connection waits for its next request's headers
+    max_client_connections: int = 1000  # open client connections per listener; more are closed on arrival
 
 
 @dataclass(frozen=True)

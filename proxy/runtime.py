@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import addresses
-from proxy.accesslog import AccessLogWriter, build_record
 from proxy.config import load_config
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.engine import decide_inbound, decide_outbound
@@ -24,6 +23,7 @@ from proxy.errors import ConfigError
 from proxy.indexes import PrefixIndex
 from proxy.model import Config
 from proxy.policy import Policy, compile_policy
+from proxy.recorder import Recorder
 from proxy.resolver import Resolver
 
 log = logging.getLogger("nsp-proxy")
@@ -47,11 +47,12 @@ class Runtime:
         self.policy: Policy = compile_policy(config, generation=1)
         self.trusted_proxies: PrefixIndex[bool] = _trusted(config)
         self.resolver = Resolver(config.settings)
-        self.writer = AccessLogWriter(self.access_log_target(config))
-        self.records_written = 0  # by every writer this runtime had (reloads and SIGHUP replace the writer)
         from proxy.metrics import Metrics  # imported here: prometheus_client is only needed when running
 
         self.metrics = Metrics()
+        settings = config.settings
+        self.recorder = Recorder(self.metrics, self.access_log_target(config), queue_size=settings.access_log_queue,
+                                 flush_timeout=settings.access_log_flush_timeout)
         self.metrics.reloads.labels("success").inc()
         self.metrics.generation.set(1)
         self._signature = _signature(config.files)
@@ -104,24 +105,22 @@ class Runtime:
         policy = self.policy
         started = time.perf_counter()
         decision = decide(policy, facts)
-        self.metrics.latency.labels(decision.direction.value).observe(time.perf_counter() - started)
+        self.metrics.decision_seconds[decision.direction].observe(time.perf_counter() - started)
         return decision
 
-    def record(self, decision: Decision, facts: InboundFacts | OutboundFacts, **details: Any) -> None:
-        """Write the one access-log record of ``decision`` and count it: decision counters move with records,
-        so the metrics and the log always agree on how many decisions were made."""
-        self.metrics.observe(decision)
-        try:
-            written = self.writer.write(build_record(decision, facts, self.policy, **details))
-        except Exception:  # a record that cannot be built must not take the decision with it
-            log.exception("access log: could not build the record")
-            written = False
-        if written:
-            self.records_written += 1
-            self.metrics.log_records.inc()
-        else:
-            self.metrics.log_errors.inc()
-            log.error("access log: could not write record for %s", decision.category.value)
+    def record(self, decision: Decision, facts: InboundFacts | OutboundFacts, **details: Any) -> bool:
+        """Queue the one access-log record of ``decision`` and count it (decision counters move with records,
+        so the metrics and the log agree on how many decisions were made). Never blocks. False when the log
+        could not take it (queue full, or the last write failed): an Enforced gate then refuses the request."""
+        return self.recorder.record(decision, facts, self.policy, details)
+
+    @property
+    def writer(self) -> Any:
+        return self.recorder.writer
+
+    @property
+    def records_written(self) -> int:
+        return self.recorder.records_written
 
     # -- reloading --------------------------------------------------------------------------------------------
 
@@ -135,14 +134,13 @@ class Runtime:
             policy = compile_policy(config, generation)
             trusted, resolver = _trusted(config), Resolver(config.settings, cache_from=self.resolver)
             target = self.access_log_target(config)
-            writer = AccessLogWriter(target) if target != self.writer.target else None
+            if target != self.writer.target:
+                self.recorder.replace(target)  # opened or OSError; from here on nothing can fail
         except ConfigError as exc:
             return self._refused(str(exc))
         except (OSError, ValueError) as exc:
             return self._refused(f"{self.config_path}: {exc}")
         self.policy, self.trusted_proxies, self.resolver = policy, trusted, resolver
-        if writer is not None:
-            self._swap_writer(writer)
         self.metrics.reloads.labels("success").inc()
         self.metrics.generation.set(generation)
         for warning in config.warnings:
@@ -157,17 +155,11 @@ class Runtime:
         if target == "-":
             return
         try:
-            writer = AccessLogWriter(target)
+            self.recorder.replace(target)
         except OSError as exc:
             log.error("access log: cannot reopen %s (%s); still writing to the file already open", target, exc)
             return
-        self._swap_writer(writer)
         log.info("access log reopened: %s", target)
-
-    def _swap_writer(self, writer: AccessLogWriter) -> None:
-        """Swap on the event loop, where records are written: none is written between close and swap."""
-        old, self.writer = self.writer, writer
-        old.close()
 
     def _refused(self, why: str) -> bool:
         self.metrics.reloads.labels("failure").inc()
@@ -192,7 +184,8 @@ class Runtime:
                 log.exception("config reload failed; watching for the next change")
 
     def close(self) -> None:
-        self.writer.close()
+        """Write pending records and flush the queue (bounded by settings.accessLogFlushTimeout)."""
+        self.recorder.close()
         self.metrics.stop()
 
 

@@ -95,7 +95,26 @@ METRIC_DECISION_ERRORS = "nsp_decision_errors"
 METRIC_RELOADS = "nsp_config_reloads"
 METRIC_GENERATION = "nsp_config_generation"
 METRIC_LOG_RECORDS = "nsp_access_log_records"
-METRIC_LOG_ERRORS = "nsp_access_log_write_errors"
+METRIC_LOG_ERRORS = "nsp_access_log_errors"  # label reason: LOG_ERROR_REASONS
 
 DECISION_LABELS = ("direction", "result", "category", "mode", "profile", "resource")
 WOULD_DENY_LABELS = ("direction", "mode", "profile", "resource")
+
+# Access-log reliability (proxy.logwriter): records dropped because the queue was full (Transition/Audit keep
+# serving) or still queued when the shutdown flush timed out; Enforced requests refused with 503 because their
+# record could not be taken; records waiting in the queue.
+METRIC_LOG_DROPPED = "nsp_access_log_dropped"
+METRIC_LOG_REFUSED = "nsp_access_log_refused_requests"
+METRIC_LOG_QUEUE = "nsp_access_log_queue_depth"
+LOG_ERROR_REASONS = ("write", "build")  # write: the file/pipe refused the bytes; build: the record failed
+# Connection limits and timeouts (addons.limits): connections closed at client_connected because the listener
+# had settings.maxClientConnections open; connections and requests ended by a settings.timeouts timer.
+METRIC_CONNECTIONS_REFUSED = "nsp_connections_refused"
+METRIC_TIMEOUTS = "nsp_timeouts"
+TIMEOUT_KINDS = ("upstreamConnect", "upstreamResponse", "clientHeaders", "idle")
+DIRECTIONS = ("Inbound", "Outbound")
+RELOAD_RESULTS = ("success", "failure")
+
+# DestinationParameters keys nsp-proxy adds to an allowed request's record once its outcome is known.
+PARAM_UPSTREAM_STATUS = "upstreamStatus"  # the status the client got: the upstream's, or the proxy's 502/504
+PARAM_UPSTREAM_ERROR = "upstreamError"  # why there was no upstream response (short text, no errno/address)

@@ -76,6 +76,17 @@ class RunningProxy:
         lines = self.access_log.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    def settled_records(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The records once every decision made so far has one: records are written by a thread, and an
+        allowed request's record when its response has been sent, so a client may see the answer first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records = self.records()
+            if len(records) >= self.metric("nsp_decisions_total"):
+                return records
+            time.sleep(0.02)
+        return self.records()
+
     def wait_for_records(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -136,7 +147,7 @@ class RunningProxy:
 
 
 def start_proxy(config: dict[str, Any] | str, workdir: Path, *, extra_args: list[str] | None = None,
-                wait_ports: list[int] | None = None) -> RunningProxy:
+                wait_ports: list[int] | None = None, stdout: Any = subprocess.DEVNULL) -> RunningProxy:
     """Start ``nsp-proxy run`` on ``config``; access log to a file, metrics on a free port."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "perimeter.yaml"
@@ -149,7 +160,7 @@ def start_proxy(config: dict[str, Any] | str, workdir: Path, *, extra_args: list
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy.cli", "run", "--config", str(config_path), "--access-log", str(access_log),
          "--metrics", f"127.0.0.1:{metrics_port}", *(extra_args or [])],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+        cwd=REPO, stdout=stdout, stderr=stderr,
     )
     running = RunningProxy(process, config_path, access_log, metrics_port, stderr_path, stderr)
     ports = [metrics_port, *(wait_ports if wait_ports is not None else listen_ports(text))]

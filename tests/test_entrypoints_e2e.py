@@ -96,6 +96,10 @@ def mitmdump_binary() -> str:
     return found
 
 
+# The script's ``addons``/``proxy`` imports come from this checkout, not from an installed copy of nsp-proxy.
+SCRIPT_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
 def mitmdump_command(config: Path, workdir: Path, metrics_port: int) -> list[str]:
     """The README's command line. mitmproxy's own listener options are pinned to loopback and its confdir to
     ``workdir``, so nothing listens beyond 127.0.0.1 and no CA is written to the home directory."""
@@ -118,7 +122,7 @@ def start_mitmdump(config: dict[str, Any], workdir: Path, listen: list[int]) -> 
     log_path = workdir / "mitmdump.log"
     log = log_path.open("w")
     process = subprocess.Popen(mitmdump_command(config_path, workdir, metrics_port), cwd=REPO,
-                               stdout=log, stderr=subprocess.STDOUT)
+                               stdout=log, stderr=subprocess.STDOUT, env=SCRIPT_ENV)
     running = RunningProxy(process, config_path, workdir / "access.jsonl", metrics_port, log_path, log)
     try:
         for port in [metrics_port, *listen]:
@@ -229,7 +233,7 @@ def test_mitmdump_script_reloads_the_config_live(mitmdump, backend: Backend) -> 
         {"name": "loopback-too", "direction": "Inbound", "addressPrefixes": [LOOPBACK]})
     proxy.write_config(edited)
     assert wait_until(lambda: status(target) == 200) is not None, f"the edit was never applied:\n{proxy.stderr()}"
-    last = proxy.records()[-1]
+    last = proxy.settled_records()[-1]
     check(last, ALLOWED, "loopback-too", "locked", LOCKED_ID)
     assert last["AccessRuleVersion"] == "2"
     assert proxy.metric("nsp_config_generation") == 2
@@ -247,7 +251,8 @@ def test_mitmdump_script_refuses_an_invalid_config(tmp_path: Path, backend: Back
     metrics_port = free_port()
     command = mitmdump_command(bad, tmp_path, metrics_port)
     default_port = int(command[command.index("--set", command.index("listen_host=127.0.0.1")) + 1].split("=")[1])
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=SCRIPT_ENV)
     default_listener_opened = False  # mitmproxy's own default listener (pinned to loopback here) must stay shut
     deadline = time.monotonic() + 15
     while process.poll() is None and time.monotonic() < deadline:
@@ -416,7 +421,7 @@ def test_run_on_arm_input_decides_by_arm_rules_and_follows_arm_edits(arm_proxy, 
     applied = wait_until(lambda: status(locked_url) == 200)
     assert applied is not None, f"the ARM edit was never applied:\n{proxy.stderr()}"
     assert proxy.config_path.stat().st_mtime_ns == yaml_stat.st_mtime_ns, "the YAML file was touched"
-    last = proxy.records()[-1]
+    last = proxy.settled_records()[-1]
     check(last, ALLOWED, "allow-office", "locked", locked_id)
     assert last["AccessRuleVersion"] == "2"
     assert proxy.metric("nsp_config_generation") == 2
@@ -430,7 +435,7 @@ def test_run_on_arm_input_decides_by_arm_rules_and_follows_arm_edits(arm_proxy, 
     assert "'10.0.0.1/8' is not a valid IPv4 or IPv6 prefix" in refusal, refusal
     assert wait_until(lambda: proxy.metric("nsp_config_reloads_total", result="failure") == 1) is not None
     assert status(locked_url) == 200
-    assert proxy.records()[-1]["AccessRuleVersion"] == "2"
+    assert proxy.settled_records()[-1]["AccessRuleVersion"] == "2"
     assert proxy.process.poll() is None
 
 

@@ -632,7 +632,7 @@ def test_nothing_lost_under_concurrency_and_sigterm(nsp_proxy: StartProxy, backe
     assert proxy.metric("nsp_decisions_total") == 300
     assert proxy.metric("nsp_decisions_total", result="allowed") == 200
     assert proxy.metric("nsp_access_log_records_total") == 300
-    assert proxy.metric("nsp_access_log_write_errors_total") == 0
+    assert proxy.metric("nsp_access_log_errors_total") == 0
     assert len(backend.hits) == 200
 
     more = _hammer(port, 100)

@@ -168,7 +168,7 @@ def test_metrics_follow_decisions_and_match_the_access_log(nsp_proxy, backend: B
 
     # The log and the counters agree, and nothing was reloaded.
     assert value(after, "nsp_access_log_records_total") == len(proxy.records()) == 8
-    assert value(after, "nsp_access_log_write_errors_total") == 0
+    assert value(after, "nsp_access_log_errors_total") == 0
     assert value(after, "nsp_config_generation") == 1
     assert value(after, "nsp_config_reloads_total", result="failure") == 0
     by_category: dict[str, int] = {}

@@ -266,7 +266,7 @@ def test_removed_resource_is_refused_on_its_forward_connection_still_open(nsp_pr
     assert answer in (None, 403)
     assert [hit[1] for hit in target.hits] == ["/one"]
     if answer == 403:
-        record = proxy.records()[-1]
+        record = proxy.settled_records()[-1]
         assert (record["Category"], record["AccessRuleVersion"], record["SourceResourceId"]) == (DENIED, "2", "")
         assert "not a resource of any perimeter on this listener" in record["ResultDescription"]
 
@@ -647,7 +647,8 @@ def test_shared_listener_attribution_and_intra_perimeter(nsp_proxy, dnsmasq, bac
     assert [hit[1] for hit in backend.hits] == ["/app"]
     assert [hit[1] for hit in peer_backend.hits] == ["/peer"]
 
-    app, unknown, peer_out, peer_in, foreign, p2 = records_after(proxy, 6)
+    # An allowed request's record is written when its response arrives: the peer's inbound one comes first.
+    app, unknown, peer_in, peer_out, foreign, p2 = records_after(proxy, 6)
     assert_record(app, category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
                   rule="allow-api", resolved="127.0.0.2")
     assert app["SourceResourceId"] == RESOURCE_ID + "app"
@@ -679,7 +680,7 @@ def test_intra_perimeter_member_endpoint_by_ip_literal(nsp_proxy, dnsmasq, backe
                     serviceFqdns=["peer.internal.test"])])))
 
     result = curl(fwd, f"http://127.0.0.1:{peer_listen}/by-address")
-    outbound = proxy.wait_for_records(1)[0]
+    outbound = proxy.wait_for_records(2)[1]  # written when the answer came back, after the peer's inbound one
     assert_record(outbound, category=ATTEMPT, action="Approved", fqdn="127.0.0.1", port=peer_listen,
                   resolved="127.0.0.1")  # the decision is right ...
     assert result.status == 200, result  # ... but today the client gets mitmproxy's 502 "destination unknown"

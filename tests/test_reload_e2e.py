@@ -104,7 +104,7 @@ def reload_and_wait_for_status(proxy: RunningProxy, config: dict[str, Any], targ
 
 def last_record(proxy: RunningProxy) -> dict[str, Any]:
     """The newest access-log record."""
-    return proxy.records()[-1]
+    return proxy.settled_records()[-1]
 
 
 def generation_of(proxy: RunningProxy) -> int:

@@ -1,0 +1,150 @@
+"""The access-log writer: a bounded queue on the event loop's side, one writer thread on the file's side.
+
+``submit`` never blocks and never does I/O: it appends a finished line to a bounded queue (or says no when the
+queue is full), so a stdout reader that stops reading, a slow disk or a full disk can never stall a listener or
+SIGTERM. The thread takes everything queued at once and writes it with one ``write`` per batch.
+
+A line is written whole or not at all. Before a batch, the thread notes the file's size; when a write fails part
+way (disk full), it truncates the file back to that size and writes the batch's lines one by one, each again
+whole or truncated away, so a failure never leaves a partial line that the next record would be glued onto. On a
+pipe, which cannot be truncated, a partial line is ended with a newline instead. Every line is counted exactly
+once: written (``on_written``) or failed (``on_failed`` with the error), and the writer is ``healthy`` from the
+first failed write until the next successful one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import stat
+import threading
+from collections.abc import Callable
+
+DEFAULT_QUEUE_SIZE = 10_000  # records; at ~700 bytes each, at most ~7 MB waiting
+DEFAULT_FLUSH_TIMEOUT = 5.0  # seconds close() waits for queued records to be written at shutdown
+
+
+class AccessLogWriter:
+    """Appends lines to a file (O_APPEND), or to stdout when the target is ``-``."""
+
+    def __init__(self, target: str, *, queue_size: int = DEFAULT_QUEUE_SIZE,
+                 on_written: Callable[[int], None] = lambda n: None,
+                 on_failed: Callable[[int, OSError], None] = lambda n, exc: None):
+        self.target = target
+        self.capacity = max(1, queue_size)
+        self.healthy = True
+        self._on_written, self._on_failed = on_written, on_failed
+        if target == "-":
+            self._fd = os.dup(1)  # our own descriptor: closing it never closes the process's stdout
+        else:
+            directory = os.path.dirname(os.path.abspath(target))
+            os.makedirs(directory, exist_ok=True)
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._seekable = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._busy = False  # the thread holds a batch it has not finished writing
+        self._thread = threading.Thread(target=self._run, name=f"access-log {target}", daemon=True)
+        self._thread.start()
+
+    # -- the event loop's side --------------------------------------------------------------------------------
+
+    def submit(self, line: bytes) -> bool:
+        """Queue one whole line; False (nothing queued) when the queue is full or the writer is closed."""
+        with self._cond:
+            if self._closing or len(self._queue) >= self.capacity:
+                return False
+            self._queue.append(line)
+            if len(self._queue) == 1:
+                self._cond.notify()
+        return True
+
+    def accepting(self) -> bool:
+        """Whether a record submitted now would be queued by a writer whose last write succeeded."""
+        return self.healthy and not self._closing and len(self._queue) < self.capacity
+
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def close(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> int:
+        """Stop accepting, write what is queued (waiting at most ``timeout`` seconds; 0: do not wait), close.
+        Returns how many queued lines were left unwritten when the wait ran out (they are then dropped)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if timeout <= 0:
+            return 0  # the thread finishes the queue and closes the descriptor by itself
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            return 0
+        with self._cond:  # stuck (a reader that stopped reading): what is still queued is lost
+            left = len(self._queue) + (1 if self._busy else 0)
+            self._queue.clear()
+        return left
+
+    # -- the writer thread ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    break
+                batch = list(self._queue)
+                self._queue.clear()
+                self._busy = True
+            self._write_batch(batch)
+            with self._cond:
+                self._busy = False
+        try:
+            if self._seekable:
+                os.fsync(self._fd)
+        except OSError:
+            pass
+        os.close(self._fd)
+
+    def _write_batch(self, batch: list[bytes]) -> None:
+        error = self._write_whole(b"".join(batch))
+        if error is None:
+            self.healthy = True
+            self._on_written(len(batch))
+            return
+        if len(batch) == 1:
+            self._failed(1, error)
+            return
+        for line in batch:  # a failed batch: as many of its lines as fit, each whole
+            error = self._write_whole(line)
+            if error is None:
+                self.healthy = True
+                self._on_written(1)
+            else:
+                self._failed(1, error)
+
+    def _failed(self, count: int, error: OSError) -> None:
+        self.healthy = False
+        self._on_failed(count, error)
+
+    def _write_whole(self, data: bytes) -> OSError | None:
+        """Write all of ``data``, or leave the file as it was (None: written)."""
+        start = None
+        view = memoryview(data)
+        try:
+            if self._seekable:
+                start = os.fstat(self._fd).st_size
+            while view:
+                view = view[os.write(self._fd, view):]
+            return None
+        except OSError as exc:
+            if len(view) < len(data):
+                self._cut_partial(start)
+            return exc
+
+    def _cut_partial(self, start: int | None) -> None:
+        with contextlib.suppress(OSError):  # if even this fails, nothing more can be done here
+            if start is not None:
+                os.ftruncate(self._fd, start)
+            else:
+                os.write(self._fd, b"\n")  # a pipe: end the broken line so the next record starts its own

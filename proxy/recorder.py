@@ -1,0 +1,144 @@
+"""From decisions to queued access-log lines: one record per decision, counted whichever way it goes.
+
+``record`` builds, encodes and queues a record at once (denials, tunnels). An allowed HTTP request's record is
+``defer``-red instead and ``complete``-d when the request's outcome is known (the upstream's status, or the
+502/504 the proxy answered), so that it is still one record and it says what happened; pending records are
+written at shutdown too. Nothing here blocks: the writer thread does the I/O (``proxy.logwriter``).
+
+Counts: ``nsp_decisions_total`` moves when a record is submitted; each submitted record then ends up in exactly
+one of ``nsp_access_log_records_total`` (written), ``nsp_access_log_errors_total`` (write or build failed) or
+``nsp_access_log_dropped_total`` (queue full, or still queued when the shutdown flush timed out).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from proxy.accesslog import build_record, encode_record
+from proxy.decision import Decision, InboundFacts, OutboundFacts
+from proxy.logwriter import DEFAULT_FLUSH_TIMEOUT, DEFAULT_QUEUE_SIZE, AccessLogWriter
+from proxy.model import AccessMode
+from proxy.policy import Policy
+from proxy.telemetry import PARAM_UPSTREAM_ERROR, PARAM_UPSTREAM_STATUS
+
+log = logging.getLogger("nsp-proxy")
+
+ERROR_LOG_INTERVAL = 5.0  # seconds between two stderr lines about failing writes (each failure is counted)
+
+Facts = InboundFacts | OutboundFacts
+
+
+class Recorder:
+    def __init__(self, metrics: Any, target: str, *, queue_size: int = DEFAULT_QUEUE_SIZE,
+                 flush_timeout: float = DEFAULT_FLUSH_TIMEOUT):
+        self.metrics = metrics
+        self.queue_size, self.flush_timeout = queue_size, flush_timeout
+        self.records_written = 0  # by every writer this recorder had (reloads and SIGHUP replace the writer)
+        self._count_lock = threading.Lock()
+        self._last_error_log = 0.0
+        self._pending: dict[Any, tuple[Decision, Facts, Policy, dict[str, Any]]] = {}
+        self.writer = self._open(target)
+        metrics.log_queue.set_function(lambda: self.writer.depth())
+
+    # -- recording --------------------------------------------------------------------------------------------
+
+    def record(self, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any]) -> bool:
+        """Queue the record now. True when it was taken by a healthy log; False tells an Enforced gate to
+        refuse what it was about to let through."""
+        self.metrics.observe(decision)
+        try:
+            line = encode_record(build_record(decision, facts, policy, **details))
+        except Exception:  # a record that cannot be built must not take the decision with it
+            log.exception("access log: could not build the record")
+            self.metrics.log_errors.labels("build").inc()
+            return False
+        healthy = self.writer.healthy
+        if self.writer.submit(line):
+            return healthy
+        self.metrics.log_dropped.inc()
+        self._complain(f"access log: queue full ({self.writer.capacity} records), record of a "
+                       f"{decision.category.value} decision dropped")
+        return False
+
+    def accepting(self) -> bool:
+        return self.writer.accepting()
+
+    @staticmethod
+    def fails_closed(decision: Decision) -> bool:
+        """Enforced refuses what it cannot record; Transition and Audit serve and count."""
+        return decision.mode is AccessMode.ENFORCED
+
+    def refuse(self, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any],
+               why: str) -> None:
+        """An Enforced request the log could not take: it is answered 503; its record is still attempted
+        (when it is written, the log has recovered)."""
+        self.metrics.log_refused.inc()
+        self.record(decision, facts, policy, _with_outcome(details, 503, why))
+
+    def defer(self, key: Any, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any]) -> None:
+        self._pending[key] = (decision, facts, policy, details)
+
+    def complete(self, key: Any, status: int | None = None, error: str | None = None) -> bool | None:
+        """Write the deferred record of ``key`` with its outcome (None: there was none pending)."""
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            return None
+        decision, facts, policy, details = pending
+        return self.record(decision, facts, policy, _with_outcome(details, status, error))
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- the writer -------------------------------------------------------------------------------------------
+
+    def _open(self, target: str) -> AccessLogWriter:
+        return AccessLogWriter(target, queue_size=self.queue_size, on_written=self._written,
+                               on_failed=self._failed)
+
+    def replace(self, target: str) -> None:
+        """Open ``target`` (OSError if it cannot be) and write there from now on; the old writer finishes its
+        queue by itself."""
+        writer = self._open(target)
+        old, self.writer = self.writer, writer
+        self.metrics.log_dropped.inc(old.close(timeout=0))
+
+    def close(self, why: str = "proxy shut down before the request completed") -> None:
+        """Write every pending record, then flush the queue (at most ``flush_timeout`` seconds)."""
+        for key in list(self._pending):
+            self.complete(key, None, why)
+        lost = self.writer.close(self.flush_timeout)
+        if lost:
+            self.metrics.log_dropped.inc(lost)
+            log.error("access log: %d record(s) still queued after %.1fs (the reader of %s is not reading); "
+                      "dropped", lost, self.flush_timeout, self.writer.target)
+
+    def _written(self, count: int) -> None:  # writer thread
+        with self._count_lock:
+            self.records_written += count
+        self.metrics.log_records.inc(count)
+
+    def _failed(self, count: int, error: OSError) -> None:  # writer thread
+        self.metrics.log_errors.labels("write").inc(count)
+        self._complain(f"access log: cannot write to {self.writer.target}: {error.strerror or error}; "
+                       f"{count} record(s) lost")
+
+    def _complain(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL:
+            self._last_error_log = now
+            log.error("%s (counted in the nsp_access_log_* metrics; repeats are not printed for %.0fs)",
+                      message, ERROR_LOG_INTERVAL)
+
+
+def _with_outcome(details: dict[str, Any], status: int | None, error: str | None) -> dict[str, Any]:
+    if status is None and not error:
+        return details
+    params = dict(details.get("destination_parameters") or {})
+    if status is not None:
+        params[PARAM_UPSTREAM_STATUS] = status
+    if error:
+        params[PARAM_UPSTREAM_ERROR] = error
+    return {**details, "destination_parameters": params}

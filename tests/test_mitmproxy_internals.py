@@ -1,0 +1,37 @@
+"""The mitmproxy internals nsp-proxy relies on (addons.errorpages, addons.limits) still look as expected.
+
+If mitmproxy changes one of these, this fails here, by name, rather than as a 502 page that leaks the upstream
+address or a timeout that silently stops working."""
+
+from __future__ import annotations
+
+import inspect
+
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy import server
+from mitmproxy.proxy.layers.http import _http1, _http2
+
+from addons import errorpages
+
+
+def test_error_page_builders_exist_with_the_replaced_signatures() -> None:
+    errorpages.install()
+    assert _http1.make_error_response is errorpages.make_error_response
+    assert _http2.format_error is errorpages.format_error
+    # both call sites pass (status, message) positionally
+    assert "make_error_response(" in inspect.getsource(_http1.Http1Server.send)
+    assert "format_error(" in inspect.getsource(_http2.Http2Connection._handle_event)
+
+
+def test_connection_registry_and_transport_tasks() -> None:
+    assert "connections" in Proxyserver().__dict__
+    source = inspect.getsource(server.ConnectionHandler)
+    assert "self.transports" in source and "handler=asyncio.current_task()" in source
+    assert "await self.handle_hook(server_hooks.ServerConnectHook(hook_data))" in source  # in the opening task
+
+
+def test_fixed_texts_name_no_internals() -> None:
+    for status in (502, 504):
+        page = errorpages.make_error_response(status, "[Errno 111] Connect call failed ('10.1.2.3', 443)")
+        assert b"10.1.2.3" not in page and b"Errno" not in page and b"mitmproxy" not in page.lower()
+    assert errorpages.make_error_response(502, "upstream connect timeout").startswith(b"HTTP/1.1 504")
