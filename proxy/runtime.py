@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.accesslog import AccessLogWriter, build_record
@@ -100,14 +100,15 @@ class Runtime:
         started = time.perf_counter()
         decision = decide(policy, facts)
         self.metrics.latency.labels(decision.direction.value).observe(time.perf_counter() - started)
-        return decision
+        return replace(decision, policy=policy)
 
     def record(self, decision: Decision, facts: InboundFacts | OutboundFacts, **details: Any) -> None:
         """Write the one access-log record of ``decision`` and count it: decision counters move with records,
         so the metrics and the log always agree on how many decisions were made."""
         self.metrics.observe(decision)
         try:
-            written = self.writer.write(build_record(decision, facts, self.policy, **details))
+            policy = decision.policy if decision.policy is not None else self.policy
+            written = self.writer.write(build_record(decision, facts, policy, **details))
         except Exception:  # a record that cannot be built must not take the decision with it
             log.exception("access log: could not build the record")
             written = False
