@@ -2,11 +2,15 @@
 
 Hooks, each the earliest that knows its fact:
   http_connect     the CONNECT host: decide, resolve with dnspython, pin the address (or refuse with 403)
-  requestheaders   a plain forward request's absolute-URI host and Host header (or a Host header inside a tunnel)
-  next_layer       the TLS ClientHello inside a tunnel: its SNI must name the CONNECT host; the tunnel is then
-                   passed through untouched, or with settings.interceptTls decrypted by mitmproxy, so that
-                   requestheaders checks the Host header inside TLS too (domain fronting)
-  server_connect   every upstream connection: dialled only to the address pinned by a decision, else killed
+  requestheaders   a plain forward request: its absolute-URI host, Host header(s) and target; pinned, the request
+                   is sent to the pinned address (the Host header stays), so mitmproxy reuses one upstream
+                   connection per pinned destination. Inside a tunnel (plain, or decrypted with interceptTls):
+                   every host the request names must be the tunnel's, and the request is decided again against
+                   the generation in force
+  next_layer       the TLS ClientHello inside a tunnel: its SNI, read from the raw bytes, must name the CONNECT
+                   host; the tunnel is then passed through untouched, or with settings.interceptTls decrypted by
+                   mitmproxy, so that requestheaders checks the hosts inside TLS too (domain fronting)
+  server_connect   every upstream connection: dialled only to an address pinned by a decision, else killed
 """
 
 from __future__ import annotations
@@ -15,16 +19,17 @@ import logging
 from dataclasses import replace
 
 from mitmproxy import connection, http
-from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer, layers
-from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.failsafe import fail_closed_flow
 from addons.lifecycle import NspLifecycle
+from addons.requesthosts import named_hosts
+from proxy.clienthello import looks_like_tls, server_name
 from proxy.decision import Decision, OutboundFacts
 from proxy.denials import outbound_denial
 from proxy.engine import attribute_outbound
+from proxy.hostport import same_host
 from proxy.model import Direction
 from proxy.normalize import ip_literal_address, is_ip_literal
 from proxy.resolver import ResolutionError
@@ -47,7 +52,8 @@ class OutboundGate:
     def __init__(self, lifecycle: NspLifecycle):
         self.lifecycle = lifecycle
         self.pins: dict[str, dict[tuple[str, int], str]] = {}  # client id -> (host, port) -> address to dial
-        self.tunnels: dict[str, OutboundFacts] = {}  # client id -> facts of its allowed CONNECT
+        self.names: dict[str, dict[tuple[str, int], str]] = {}  # client id -> (address, port) -> host pinned to it
+        self.tunnels: dict[str, tuple[OutboundFacts, Decision]] = {}  # client id -> its allowed CONNECT
 
     # -- hooks ------------------------------------------------------------------------------------------------
 
@@ -61,38 +67,57 @@ class OutboundGate:
                                                                          f"{flow.request.port}")
         if not decision.allowed:
             self._deny(flow, facts, decision)
-        elif not self._pinned(flow.client_conn, facts):
+        elif self._pinned(flow.client_conn, facts) is None:
             self._unreachable(flow, facts)
         else:
-            self.tunnels[flow.client_conn.id] = facts
+            self.tunnels[flow.client_conn.id] = (facts, decision)
 
     @fail_closed_flow
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         runtime = self._runtime_for(flow.client_conn)
         if runtime is None:
             return
-        request = flow.request
         tunnel = self.tunnels.get(flow.client_conn.id)
         if tunnel is not None:
-            # HTTP inside an allowed tunnel (plain, or decrypted with interceptTls): the destination is fixed,
-            # only a lying Host header is news.
-            facts = replace(tunnel, protocol="HTTPS" if flow.client_conn.tls else "HTTP",
-                            host_header=request.host_header)
-            if _same_host(request.host_header, tunnel.destination_host):
-                return
-            decision = runtime.decide_outbound(facts)
-            scheme = "https" if flow.client_conn.tls else "http"
-            target = f"{scheme}://{tunnel.destination_host}:{tunnel.destination_port}{request.path}"
-            runtime.record(decision, facts, operation=f"{request.method} {target}")  # the tunnel's, not the Host's
-        else:
-            facts = self._facts(runtime, flow.client_conn, request.host, request.port, "HTTP",
-                                host_header=request.host_header)
-            decision = await self._decide(runtime, flow.client_conn, facts, f"{request.method} {request.scheme}://"
-                                                                            f"{request.host}:{request.port}")
+            self._in_tunnel(runtime, flow, *tunnel)
+            return
+        request = flow.request
+        facts = self._facts(runtime, flow.client_conn, request.host, request.port,
+                            "HTTPS" if request.scheme == "https" else "HTTP", host_header=request.host_header)
+        facts = replace(facts, named_hosts=named_hosts(request, in_tunnel=False))
+        operation = _operation(request.method, request.scheme, request.host, request.port, request.path)
+        decision = await self._decide(runtime, flow.client_conn, facts, operation)
+        address = self._pinned(flow.client_conn, facts)
         if not decision.allowed:
             self._deny(flow, facts, decision)
-        elif tunnel is None and not self._pinned(flow.client_conn, facts):
+        elif address is None:
             self._unreachable(flow, facts)
+        else:
+            _send_to(request, address)
+
+    def _in_tunnel(self, runtime: Runtime, flow: http.HTTPFlow, tunnel: OutboundFacts, opened: Decision) -> None:
+        """HTTP inside an allowed tunnel (plain, or decrypted with interceptTls): the destination is fixed, so
+        every host the request names must be the tunnel's. The request is decided again against the generation
+        in force (a reload may have removed the rule the tunnel was opened under) and recorded when that says
+        something the tunnel's record did not: a denial, or a would-deny (Transition)."""
+        request = flow.request
+        tls = bool(flow.client_conn.tls)
+        hosts = named_hosts(request, in_tunnel=True)
+        facts = replace(tunnel, protocol="HTTPS" if tls else "HTTP", host_header=request.host_header,
+                        named_hosts=hosts)
+        mismatch = not all(same_host(value, tunnel.destination_host)
+                           for value in (request.host_header, *(value for _, value in hosts)))
+        decision = runtime.decide_outbound(facts)
+        if not decision.allowed or (decision.would_deny and (mismatch or not opened.would_deny)):
+            operation = _operation(request.method, "https" if tls else "http", tunnel.destination_host,
+                                   tunnel.destination_port, request.path)  # the tunnel's, not the Host's
+            runtime.record(decision, facts, operation=operation)
+        if not decision.allowed:
+            self._deny(flow, facts, decision)
+            return
+        address = self._pinned(flow.client_conn, tunnel)
+        if address is not None:
+            _send_to(request, address)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         try:
@@ -102,45 +127,59 @@ class OutboundGate:
             nextlayer.layer = _Refuse(nextlayer.context)
 
     def _check_tunnel(self, nextlayer: layer.NextLayer) -> None:
-        tunnel = self.tunnels.get(nextlayer.context.client.id)
+        """The first bytes of an allowed tunnel. A TLS ClientHello's server name (read from the raw bytes,
+        ``proxy.clienthello``) must name the CONNECT host; one that is present but unreadable is a mismatch.
+        A ClientHello without a server name is let through: the tunnel's host was decided at CONNECT and
+        the bytes can only go to its pinned address."""
+        found = self.tunnels.get(nextlayer.context.client.id)
         runtime = self.lifecycle.runtime
-        if tunnel is None or runtime is None or len(nextlayer.context.layers) < 2:
+        if found is None or runtime is None or len(nextlayer.context.layers) < 2:
             return
+        tunnel = found[0]
         data = nextlayer.data_client()
-        if not data or not starts_like_tls_record(data):
-            return
+        if not looks_like_tls(data):
+            return  # not TLS: it goes to the pinned address (HTTP in it is checked by requestheaders)
         try:
-            hello = parse_client_hello(data)
-        except ValueError:
-            return  # not really TLS: it goes, unread, to the pinned address like any other bytes
-        if hello is None:
-            nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
-            return
-        if hello.sni is not None and not _same_host(hello.sni, tunnel.destination_host):
-            facts = replace(tunnel, sni=hello.sni)
+            hello = server_name(data)
+        except ValueError as exc:
+            sni = f"<not a readable ClientHello: {exc}>"
+        else:
+            if hello is None:
+                nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
+                return
+            sni = hello.shown if hello.present else None
+        if sni is not None and not same_host(sni, tunnel.destination_host, with_port=False):
+            facts = replace(tunnel, sni=sni)
             decision = runtime.decide_outbound(facts)
             runtime.record(decision, facts, operation=f"TLS {tunnel.destination_host}:{tunnel.destination_port}",
-                           destination_parameters={"sni": hello.sni})
+                           destination_parameters={"sni": sni})
             if not decision.allowed:
                 nextlayer.layer = _Refuse(nextlayer.context)
                 return
         if not runtime.policy.config.settings.intercept_tls:
             nextlayer.layer = layers.TCPLayer(nextlayer.context, ignore=True)  # passed through unread
-        # else: mitmproxy's own choice stands, its TLS layers decrypt, and requestheaders sees the Host header
+        # else: mitmproxy's own choice stands, its TLS layers decrypt, and requestheaders sees the hosts
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
         try:
             if self._runtime_for(data.client) is None or data.server.address is None:
                 return
             host, port = data.server.address[:2]
-            pinned = self.pins.get(data.client.id, {}).get((str(host).lower(), port))
+            key = (str(host).lower(), port)
+            pinned = self.pins.get(data.client.id, {}).get(key)  # dialled by name: a tunnel's first connection
+            if pinned is None and key in self.names.get(data.client.id, {}):
+                pinned = key[0]  # dialled by the pinned address itself (requests are sent to it)
+            name = self.names.get(data.client.id, {}).get((pinned, port)) if pinned else None
         except Exception:
             log.exception("nsp-proxy: server_connect check failed")
-            pinned, host, port = None, "?", 0
+            pinned, name, host, port = None, None, "?", 0
         if pinned is None:
             data.server.error = f"nsp-proxy: no decision allowed a connection to {host}:{port}"
             return
-        data.server.address = (pinned, port)
+        if pinned != host:
+            data.server.address = (pinned, port)
+        if data.server.tls and name and not is_ip_literal(name) and data.server.sni in (None, host, pinned):
+            data.server.sni = name  # TLS to the name that was decided, not to the address it is dialled at
         runtime = self.lifecycle.runtime
         if runtime is not None and runtime.own_listener(pinned, port) == "reverse":
             # A perimeter member's listener on this proxy: mitmproxy's self-connect guard (which saw only the
@@ -149,6 +188,7 @@ class OutboundGate:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.pins.pop(client.id, None)
+        self.names.pop(client.id, None)
         self.tunnels.pop(client.id, None)
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -195,16 +235,21 @@ class OutboundGate:
             if guard:
                 decision = runtime.decide_outbound(replace(facts, refused_by_guard=guard))
             elif usable:
-                self.pins.setdefault(client.id, {})[(host.lower(), facts.destination_port)] = usable[0]
+                self._pin(client, host, facts.destination_port, usable[0])
                 details["resolvedAddress"] = usable[0]
                 if len(addresses) > 1:
                     details["resolvedAddresses"] = ",".join(addresses)
         runtime.record(decision, facts, operation=operation, destination_parameters=details)
         return decision
 
-    def _pinned(self, client: connection.Client, facts: OutboundFacts) -> bool:
+    def _pin(self, client: connection.Client, host: str, port: int, address: str) -> None:
+        self.pins.setdefault(client.id, {})[(host.lower(), port)] = address
+        self.names.setdefault(client.id, {})[(address.lower(), port)] = host
+
+    def _pinned(self, client: connection.Client, facts: OutboundFacts) -> str | None:
+        """The address a decision pinned for the facts' destination, if any."""
         key = (facts.destination_host.strip("[]").lower(), facts.destination_port)
-        return key in self.pins.get(client.id, {})
+        return self.pins.get(client.id, {}).get(key)
 
     @staticmethod
     def _unreachable(flow: http.HTTPFlow, facts: OutboundFacts) -> None:
@@ -219,12 +264,18 @@ class OutboundGate:
         flow.response = http.Response.make(denial.status, denial.body, dict(denial.headers))
 
 
-def _same_host(value: str | None, host: str) -> bool:
-    if value is None:
-        return True
-    text = value.strip().lower().rstrip(".")
-    if text.startswith("["):
-        text = text[1 : text.find("]")]
-    elif text.count(":") == 1:
-        text = text.split(":", 1)[0]
-    return text.rstrip(".") == host.strip("[]").lower().rstrip(".")
+def _send_to(request: http.Request, address: str) -> None:
+    """Send ``request`` to the pinned ``address``, leaving the Host header and ``:authority`` as the client
+    sent them. mitmproxy picks (and reuses) upstream connections by the request's host and port, so a pooled
+    client's requests then share one connection to the pinned address instead of each opening a new one."""
+    authority, hosts = request.authority, request.headers.get_all("host")
+    request.host = address
+    request.authority = authority
+    request.headers.set_all("host", hosts)
+
+
+def _operation(method: str, scheme: str, host: str, port: int, path: str) -> str:
+    """``GET http://host:port/path``: the method and the URL without its query, as inbound records keep the
+    path without the query (a query can carry anything, a record should not)."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{method} {scheme}://{shown}:{port}{path.split('?', 1)[0]}"

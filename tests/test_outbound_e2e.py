@@ -15,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support import (
-    Backend,
     Dnsmasq,
     RunningProxy,
     exactly,
     free_port,
     require,
-    start_backend,
     wait_until,
 )
 
@@ -165,21 +162,6 @@ def self_signed(tmp: Path, *names: str, addresses: tuple[str, ...] = ()) -> Cert
     return Cert(cert_file, server)
 
 
-@pytest.fixture
-def backends() -> Iterator[Callable[..., Backend]]:
-    """``backends(name, host=..., tls=...)`` starts a recording loopback server; all stop at teardown."""
-    started: list[Backend] = []
-
-    def start(name: str, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Backend:
-        backend = start_backend(name, host=host, tls=tls)
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.stop()
-
-
 # -- access-log helpers -------------------------------------------------------------------------------------
 
 
@@ -241,7 +223,7 @@ def test_allowed_fqdn_plain_http_reaches_the_resolved_backend_on_any_port(nsp_pr
         assert record["TrafficType"] == "Public"
         assert record["SourceIpAddress"] == "127.0.0.1"
         assert record["SourceResourceId"] == RESOURCE_ID + "app"
-    assert one["OperationName"] == f"GET http://api.allowed.test:{first.port}"
+    assert one["OperationName"] == f"GET http://api.allowed.test:{first.port}/one"
 
 
 def test_removed_resource_is_refused_on_its_forward_connection_still_open(nsp_proxy, dnsmasq, backends) -> None:
