@@ -162,7 +162,10 @@ def _h2_over(tls: ssl.SSLSocket, headers: list[tuple[str, str]], port: int) -> i
     conn.send_headers(1, [(k, v.format(name=NAME, port=port)) for k, v in headers], end_stream=True)
     tls.sendall(conn.data_to_send())
     while True:
-        data = tls.recv(65536)
+        try:
+            data = tls.recv(65536)
+        except ConnectionResetError:
+            return 0
         if not data:
             return 0
         for event in conn.receive_data(data):
