@@ -62,7 +62,8 @@ class OutboundGate:
         runtime = self._runtime_for(flow.client_conn)
         if runtime is None:
             return
-        facts = self._facts(runtime, flow.client_conn, flow.request.host, flow.request.port, "HTTPS")
+        # A tunnel: what will flow in it is not seen yet (records inside it say HTTPS or HTTP once it is).
+        facts = self._facts(runtime, flow.client_conn, flow.request.host, flow.request.port, "TCP")
         decision = await self._decide(runtime, flow.client_conn, facts, f"CONNECT {flow.request.host}:"
                                                                          f"{flow.request.port}")
         if not decision.allowed:
@@ -149,7 +150,7 @@ class OutboundGate:
                 return
             sni = hello.shown if hello.present else None
         if sni is not None and not same_host(sni, tunnel.destination_host, with_port=False):
-            facts = replace(tunnel, sni=sni)
+            facts = replace(tunnel, sni=sni, protocol="HTTPS")  # a TLS ClientHello was seen
             decision = runtime.decide_outbound(facts)
             runtime.record(decision, facts, operation=f"TLS {tunnel.destination_host}:{tunnel.destination_port}",
                            destination_parameters={"sni": sni})

@@ -34,7 +34,7 @@ class OutboundFacts:
     destination_host: str  # absolute-URI or CONNECT host, as sent
     destination_port: int
     source_port: int = 0
-    protocol: str = "HTTPS"  # HTTP (plain forward), HTTPS (CONNECT), TCP
+    protocol: str = "HTTPS"  # what was seen: HTTP, HTTPS (TLS), TCP (a tunnel whose bytes are not seen yet)
     host_header: str | None = None  # Host header of a plain request, when it differs it is an anomaly
     sni: str | None = None  # TLS server name seen inside a CONNECT tunnel
     refused_by_guard: str | None = None  # why nsp-proxy's own guards refuse the dialled address (not an NSP rule)

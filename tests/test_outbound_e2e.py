@@ -277,7 +277,7 @@ def test_allowed_fqdn_https_connect_is_passed_through(nsp_proxy, dnsmasq, backen
     records = records_after(proxy, 2)  # one per CONNECT; the TLS inside (SNI = CONNECT host) adds none
     for record in records:
         assert_record(record, category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
-                      rule="allow-api", resolved="127.0.0.2", protocol="HTTPS")
+                      rule="allow-api", resolved="127.0.0.2", protocol="TCP")
         assert record["OperationName"] == f"CONNECT api.allowed.test:{backend.port}"
 
 
@@ -306,7 +306,7 @@ def test_intercept_tls_checks_the_host_header_inside_tls(nsp_proxy, dnsmasq, bac
     connect_ok, connect_fronted, lying = records_after(proxy, 3)
     for record in (connect_ok, connect_fronted):
         assert_record(record, category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
-                      rule="allow-api", resolved="127.0.0.2", protocol="HTTPS")
+                      rule="allow-api", resolved="127.0.0.2", protocol="TCP")
     assert_record(lying, category=DENIED, action="Denied", fqdn="api.allowed.test", port=backend.port,
                   protocol="HTTPS")
     assert lying["OperationName"] == f"GET {target}/fronted"
@@ -351,7 +351,7 @@ def test_denied_fqdn_is_refused_and_never_resolved(nsp_proxy, dnsmasq, backends)
     assert not dns_server.queried("denied.test")
 
     records = records_after(proxy, 5)
-    for record, protocol in zip(records[:4], ["HTTP", "HTTPS", "HTTP", "HTTPS"], strict=True):
+    for record, protocol in zip(records[:4], ["HTTP", "TCP", "HTTP", "TCP"], strict=True):
         assert_record(record, category=DENIED, action="Denied", fqdn="denied.test", port=backend.port,
                       protocol=protocol)
         assert record["DestinationParameters"] == ""
@@ -417,14 +417,14 @@ def test_ip_literal_denied_in_enforced_allowed_in_transition(nsp_proxy, dnsmasq,
 
     records = records_after(proxy, 5)
     assert_record(records[0], category=DENIED, action="Denied", fqdn="127.0.0.2", port=plain.port, protocol="HTTP")
-    assert_record(records[1], category=DENIED, action="Denied", fqdn="127.0.0.2", port=443, protocol="HTTPS")
+    assert_record(records[1], category=DENIED, action="Denied", fqdn="127.0.0.2", port=443, protocol="TCP")
     assert_record(records[2], category=DENIED, action="Denied", fqdn="2130706434", port=tls.port)
     for record in records[:3]:
         assert "IP-literal destination" in record["ResultDescription"]
     assert_record(records[3], category=RESOURCE_ALLOWED, action="Approved", fqdn="127.0.0.2", port=plain.port,
                   resolved="127.0.0.2", protocol="HTTP")
     assert_record(records[4], category=RESOURCE_ALLOWED, action="Approved", fqdn="127.0.0.2", port=tls.port,
-                  resolved="127.0.0.2", protocol="HTTPS")
+                  resolved="127.0.0.2", protocol="TCP")
     for record in records[3:]:
         assert "IP-literal destination 127.0.0.2" in record["ResultDescription"]
         assert record["RuleType"] == "ResourceRules"
@@ -532,7 +532,7 @@ def test_host_header_mismatch_is_denied_in_enforced(nsp_proxy, dnsmasq, backends
     assert_record(records[2], category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
                   rule="allow-api", resolved="127.0.0.2")
     assert_record(records[3], category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
-                  rule="allow-api", resolved="127.0.0.2", protocol="HTTPS")
+                  rule="allow-api", resolved="127.0.0.2", protocol="TCP")
 
 
 # -- 8: DNS pinning, rebinding, blocked prefixes, NXDOMAIN ----------------------------------------------------
@@ -703,7 +703,7 @@ def test_transition_lets_rule_denied_traffic_through_and_counts_it(nsp_proxy, dn
     assert_record(plain, category=RESOURCE_ALLOWED, action="Approved", fqdn="other.test", port=backend.port,
                   resolved="127.0.0.2", protocol="HTTP")
     assert_record(tunnelled, category=RESOURCE_ALLOWED, action="Approved", fqdn="other.test", port=tls.port,
-                  resolved="127.0.0.2", protocol="HTTPS")
+                  resolved="127.0.0.2", protocol="TCP")
     for record in (plain, tunnelled):
         assert record["RuleType"] == "ResourceRules"
         assert "no outbound rule allows other.test" in record["ResultDescription"]
