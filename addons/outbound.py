@@ -19,7 +19,9 @@ import logging
 from dataclasses import replace
 
 from mitmproxy import connection, http
+from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.failsafe import fail_closed_flow
@@ -149,6 +151,12 @@ class OutboundGate:
                 nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
                 return
             sni = hello.shown if hello.present else None
+        intercept = runtime.policy.config.settings.intercept_tls
+        if (sni is None or same_host(sni, tunnel.destination_host, with_port=False)) and intercept \
+                and not _mitmproxy_decrypts(data):
+            # mitmproxy would pass it through unread (servers accept record versions it does not): the hosts
+            # inside could not be checked, which is what interceptTls was asked for.
+            sni = "<a ClientHello interceptTls cannot decrypt>"
         if sni is not None and not same_host(sni, tunnel.destination_host, with_port=False):
             facts = replace(tunnel, sni=sni, protocol="HTTPS")  # a TLS ClientHello was seen
             decision = runtime.decide_outbound(facts)
@@ -157,7 +165,7 @@ class OutboundGate:
             if not decision.allowed:
                 nextlayer.layer = _Refuse(nextlayer.context)
                 return
-        if not runtime.policy.config.settings.intercept_tls:
+        if not intercept or not _mitmproxy_decrypts(data):
             nextlayer.layer = layers.TCPLayer(nextlayer.context, ignore=True)  # passed through unread
         # else: mitmproxy's own choice stands, its TLS layers decrypt, and requestheaders sees the hosts
 
@@ -263,6 +271,14 @@ class OutboundGate:
     def _deny(flow: http.HTTPFlow, facts: OutboundFacts, decision: Decision) -> None:
         denial = outbound_denial(f"{facts.destination_host}:{facts.destination_port}", decision)
         flow.response = http.Response.make(denial.status, denial.body, dict(denial.headers))
+
+
+def _mitmproxy_decrypts(data: bytes) -> bool:
+    """Whether mitmproxy's own TLS layers would take this ClientHello (else it would forward it unread)."""
+    try:
+        return starts_like_tls_record(data) and parse_client_hello(data) is not None
+    except ValueError:
+        return False
 
 
 def _send_to(request: http.Request, address: str) -> None:

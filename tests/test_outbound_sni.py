@@ -90,3 +90,33 @@ def test_client_hello_without_server_name_is_let_through(nsp_proxy, dnsmasq, bac
             assert read_response(tls) == 200
     assert [hit[1] for hit in backend.hits] == ["/no-sni", "/no-sni"]
     assert [r["Category"] for r in records_after(proxy, 2)] == [ALLOWED, ALLOWED]  # the CONNECTs only
+
+
+def _record_version(minor: int) -> bytes:
+    hello = bytearray(crafted_hello(sni_extension(NAME.encode())))
+    hello[2] = minor
+    return bytes(hello)
+
+
+UNDECRYPTABLE = [
+    pytest.param(_record_version(0x05), id="record-version-3.5"),
+    pytest.param(_record_version(0xFF), id="record-version-3.255"),
+]
+
+
+@pytest.mark.parametrize("hello", UNDECRYPTABLE)
+def test_intercept_tls_refuses_a_client_hello_it_cannot_decrypt(nsp_proxy, dnsmasq, backends, tmp_path: Path,
+                                                                hello: bytes) -> None:
+    """With interceptTls, a ClientHello that servers accept but mitmproxy would pass through unread (a record
+    version it does not expect) would hide the hosts inside TLS: it counts as a mismatch."""
+    cert = self_signed(tmp_path, NAME)
+    backend: Backend = backends("tls", host="127.0.0.2", tls=cert.server)
+    proxy, enforced, learning = two_mode_proxy(nsp_proxy, dnsmasq, intercept=True,
+                                               extra_args=["--set", f"confdir={tmp_path / 'mitmproxy'}"])
+    assert _send_hello(enforced, backend.port, hello) == b""
+    _send_hello(learning, backend.port, hello)
+    connect_e, refused, connect_l, would = records_after(proxy, 4)
+    assert connect_e["Category"] == connect_l["Category"] == ALLOWED
+    assert (refused["Category"], would["Category"]) == (DENIED, RESOURCE_ALLOWED)
+    for record in (refused, would):
+        assert "interceptTls cannot decrypt" in params_of(record)["sni"]
