@@ -39,6 +39,8 @@ from proxy.runtime import Runtime
 
 log = logging.getLogger("nsp-proxy")
 
+MAX_PINS_PER_CLIENT = 256  # destinations remembered per client connection (oldest dropped first)
+
 
 class _Refuse(layer.Layer):
     """Closes the tunnel at once: what a refused SNI gets in Enforced mode."""
@@ -252,8 +254,16 @@ class OutboundGate:
         return decision
 
     def _pin(self, client: connection.Client, host: str, port: int, address: str) -> None:
-        self.pins.setdefault(client.id, {})[(host.lower(), port)] = address
-        self.names.setdefault(client.id, {})[(address.lower(), port)] = host
+        """Remember the address a decision allowed, per client connection, most recent last. Each request is
+        pinned by its own decision just before it dials, so dropping the oldest entries beyond
+        ``MAX_PINS_PER_CLIENT`` (a long-lived connection naming ever new hosts) never strands a request."""
+        for table, key, value in ((self.pins, (host.lower(), port), address),
+                                  (self.names, (address.lower(), port), host)):
+            entries = table.setdefault(client.id, {})
+            entries.pop(key, None)
+            entries[key] = value
+            while len(entries) > MAX_PINS_PER_CLIENT:
+                del entries[next(iter(entries))]
 
     def _pinned(self, client: connection.Client, facts: OutboundFacts) -> str | None:
         """The address a decision pinned for the facts' destination, if any."""
