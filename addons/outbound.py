@@ -68,8 +68,8 @@ class OutboundGate:
             return
         # A tunnel: what will flow in it is not seen yet (records inside it say HTTPS or HTTP once it is).
         facts = self._facts(runtime, flow.client_conn, flow.request.host, flow.request.port, "TCP")
-        decision = await self._decide(runtime, flow.client_conn, facts, f"CONNECT {flow.request.host}:"
-                                                                         f"{flow.request.port}")
+        operation = f"CONNECT {_hostport(flow.request.host, flow.request.port)}"
+        decision = await self._decide(runtime, flow.client_conn, facts, operation)
         if not decision.allowed:
             self._deny(flow, facts, decision)
         elif self._pinned(flow.client_conn, facts) is None:
@@ -162,7 +162,8 @@ class OutboundGate:
         if sni is not None and not same_host(sni, tunnel.destination_host, with_port=False):
             facts = replace(tunnel, sni=sni, protocol="HTTPS")  # a TLS ClientHello was seen
             decision = runtime.decide_outbound(facts)
-            runtime.record(decision, facts, operation=f"TLS {tunnel.destination_host}:{tunnel.destination_port}",
+            operation = f"TLS {_hostport(tunnel.destination_host, tunnel.destination_port)}"
+            runtime.record(decision, facts, operation=operation,
                            destination_parameters={"sni": sni})
             if not decision.allowed:
                 nextlayer.layer = _Refuse(nextlayer.context)
@@ -304,5 +305,9 @@ def _send_to(request: http.Request, address: str) -> None:
 def _operation(method: str, scheme: str, host: str, port: int, path: str) -> str:
     """``GET http://host:port/path``: the method and the URL without its query, as inbound records keep the
     path without the query (a query can carry anything, a record should not)."""
-    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"{method} {scheme}://{shown}:{port}{path.split('?', 1)[0]}"
+    return f"{method} {scheme}://{_hostport(host, port)}{path.split('?', 1)[0]}"
+
+
+def _hostport(host: str, port: int) -> str:
+    """``host:port``, an IPv6 literal bracketed."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
