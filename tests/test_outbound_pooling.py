@@ -15,8 +15,12 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
+from tests.h2backend import start_h2_backend
 from tests.support import Backend, free_port, require
 from tests.test_outbound_e2e import (
     ALLOWED,
@@ -25,6 +29,7 @@ from tests.test_outbound_e2e import (
     association,
     config,
     http_client,
+    open_tunnel,
     perimeter,
     records_after,
     self_signed,
@@ -143,5 +148,56 @@ def test_keep_alive_in_an_intercepted_tunnel_reuses_one_upstream_connection(
         responses = [client.get(f"https://{name}:{backend.port}/tls/{i}") for i in range(COUNT)]
     assert [r.status_code for r in responses] == [200] * COUNT
     assert len(backend.hits) == COUNT and len(set(backend.peers)) == 1
+    (tunnel,) = records_after(proxy, 1)
+    assert (tunnel["Category"], tunnel["DestinationFqdn"]) == (category, name)
+
+
+def _h2_requests(fwd: int, name: str, port: int, ca: Path) -> list[int]:
+    """One CONNECT, TLS with ALPN h2 only, then ``COUNT`` requests one after another on one HTTP/2 connection
+    (httpx would offer http/1.1 first, and mitmproxy honours the client's order)."""
+    sock, status = open_tunnel(fwd, name, port)
+    assert " 200 " in status
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])
+    statuses: list[int] = []
+    with context.wrap_socket(sock, server_hostname=name) as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        for i in range(COUNT):
+            stream = conn.get_next_available_stream_id()
+            conn.send_headers(stream, [(":method", "GET"), (":scheme", "https"), (":authority", f"{name}:{port}"),
+                                       (":path", f"/h2/{i}")], end_stream=True)
+            tls.sendall(conn.data_to_send())
+            ended = False
+            while not ended:
+                data = tls.recv(65536)
+                assert data, "the proxy closed the HTTP/2 connection"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        statuses.append(int(dict(event.headers)[b":status"]))
+                    ended = ended or (isinstance(event, h2.events.StreamEnded) and event.stream_id == stream)
+                tls.sendall(conn.data_to_send())
+    return statuses
+
+
+@pytest.mark.parametrize(("mode", "name", "category"), MODES)
+def test_h2_in_an_intercepted_tunnel_reuses_one_upstream_connection(
+        nsp_proxy, dnsmasq, tmp_path: Path, mode: str, name: str, category: str) -> None:
+    """HTTP/2 on both sides of a decrypted tunnel: every stream goes upstream on one h2 connection."""
+    cert = self_signed(tmp_path, name)
+    backend = start_h2_backend("127.0.0.2", cert.server)
+    dns_server = dnsmasq({name: "127.0.0.2"})
+    fwd, confdir = free_port(), tmp_path / "mitmproxy"
+    try:
+        proxy = nsp_proxy(config(dns_server.port, perimeter("p1", ["api.allowed.test"], [
+            association("app", mode=mode, outboundListen=f"127.0.0.1:{fwd}")]), interceptTls=True),
+            extra_args=["--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={cert.ca_file}"])
+        statuses = _h2_requests(fwd, name, backend.port, confdir / "mitmproxy-ca-cert.pem")
+    finally:
+        backend.stop()
+    assert statuses == [200] * COUNT
+    assert len(backend.hits) == COUNT and len({peer for _, _, peer in backend.hits}) == 1
+    assert {authority for _, authority, _ in backend.hits} == {f"{name}:{backend.port}"}
     (tunnel,) = records_after(proxy, 1)
     assert (tunnel["Category"], tunnel["DestinationFqdn"]) == (category, name)
