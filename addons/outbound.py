@@ -110,8 +110,9 @@ class OutboundGate:
         hosts = named_hosts(request, in_tunnel=True)
         facts = replace(tunnel, protocol="HTTPS" if tls else "HTTP", host_header=request.host_header,
                         named_hosts=hosts)
-        mismatch = not all(same_host(value, tunnel.destination_host)
-                           for value in (request.host_header, *(value for _, value in hosts)))
+        # An IP-literal destination is decided by its address (the engine reads no names for it).
+        mismatch = not is_ip_literal(tunnel.destination_host) and not all(
+            same_host(value, tunnel.destination_host) for value in (request.host_header, *(v for _, v in hosts)))
         decision = runtime.decide_outbound(facts)
         if not decision.allowed or (decision.would_deny and (mismatch or not opened.would_deny)):
             operation = _operation(request.method, "https" if tls else "http", tunnel.destination_host,
@@ -152,7 +153,7 @@ class OutboundGate:
             if hello is None:
                 nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
                 return
-            sni = hello.shown if hello.present else None
+            sni = hello.shown if hello.present and not is_ip_literal(tunnel.destination_host) else None
         intercept = runtime.policy.config.settings.intercept_tls
         if (sni is None or same_host(sni, tunnel.destination_host, with_port=False)) and intercept \
                 and not _mitmproxy_decrypts(data):

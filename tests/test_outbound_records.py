@@ -24,6 +24,7 @@ from tests.test_outbound_e2e import (
     association,
     config,
     curl,
+    https_get_over,
     open_tunnel,
     perimeter,
     records_after,
@@ -147,3 +148,24 @@ def test_an_uninspected_tls_tunnel_stays_open_across_a_reload(nsp_proxy, dnsmasq
     first, second = records_after(proxy, 2)
     assert (first["Category"], first["AccessRuleVersion"]) == (ALLOWED, "1")
     assert (second["Category"], second["AccessRuleVersion"]) == (DENIED, "2")
+
+
+def test_an_ip_literal_tunnel_in_transition_has_one_record(nsp_proxy, dnsmasq, backends, tmp_path: Path) -> None:
+    """An IP-literal destination is decided by its address: names in its ClientHello or Host headers add no
+    records to the tunnel's one would-deny record."""
+    cert = self_signed(tmp_path, NAME)
+    tls_backend: Backend = backends("tls", host="127.0.0.2", tls=cert.server)
+    plain: Backend = backends("plain", host="127.0.0.2")
+    plain.keep_alive()
+    dns_server = dnsmasq({NAME: "127.0.0.2"})
+    fwd = free_port()
+    proxy = nsp_proxy(_document(dns_server.port, fwd, "Learning", [NAME], False))
+    sock, status = open_tunnel(fwd, "127.0.0.2", tls_backend.port)
+    assert " 200 " in status
+    assert https_get_over(sock, cert.ca_file, sni=NAME, host=NAME).split(" ")[1] == "200"
+    urls = [f"http://127.0.0.2:{plain.port}/{i}" for i in range(3)]
+    assert curl(fwd, urls[0], "-p", "-H", f"Host: {NAME}", *urls[1:]).status == 200
+    records = records_after(proxy, 2)
+    assert [(r["OperationName"], r["Category"]) for r in records] == [
+        (f"CONNECT 127.0.0.2:{tls_backend.port}", RESOURCE_ALLOWED), (f"CONNECT 127.0.0.2:{plain.port}",
+                                                                      RESOURCE_ALLOWED)]
