@@ -78,9 +78,11 @@ def url_authority(target: str) -> str | None:
 def same_host(value: str | None, destination: str, *, with_port: bool = True) -> bool:
     """Whether ``value`` (a Host header or ``:authority`` with an optional port; with ``with_port=False`` a
     bare name such as a TLS server name) names ``destination``. Absent (None) names nothing and agrees;
-    anything unreadable disagrees."""
+    anything unreadable, and any non-ASCII value, disagrees."""
     if value is None:
         return True
+    if not value.isascii():
+        return False  # on the wire a host is ASCII (A-labels); raw Unicode would be mapped, maybe onto ours
     try:
         host = parse_authority(value)[0] if with_port else canonical_host(value)
         return host == canonical_host(destination)

@@ -40,6 +40,9 @@ HOST_HEADERS = [
     pytest.param(":80", False, id="port-only"),
     pytest.param("[allowed.test]", False, id="bracketed-name"),
     pytest.param("allowed.test\u3002evil", False, id="ideographic-full-stop"),
+    pytest.param("allowed.test\u200b", False, id="zero-width-space-idna-would-drop"),
+    pytest.param("ALLOWED.\uff54est", False, id="fullwidth-letter-idna-would-map"),
+    pytest.param("allowed.test:\u0668\u0660", False, id="non-ascii-digits-in-port"),
 ]
 
 
