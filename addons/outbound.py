@@ -252,6 +252,8 @@ class OutboundGate:
                 details["resolvedAddress"] = usable[0]
                 if len(addresses) > 1:
                     details["resolvedAddresses"] = ",".join(addresses)
+            if guard or not usable:  # never fall back on an address an earlier decision pinned for this name
+                self.pins.get(client.id, {}).pop((host.lower(), facts.destination_port), None)
         runtime.record(decision, facts, operation=operation, destination_parameters=details)
         return decision
 

@@ -201,3 +201,25 @@ def test_h2_in_an_intercepted_tunnel_reuses_one_upstream_connection(
     assert {authority for _, authority, _ in backend.hits} == {f"{name}:{backend.port}"}
     (tunnel,) = records_after(proxy, 1)
     assert (tunnel["Category"], tunnel["DestinationFqdn"]) == (category, name)
+
+
+@pytest.mark.parametrize(("mode", "name", "category"), MODES)
+def test_a_name_that_stops_resolving_is_not_sent_to_its_old_address(nsp_proxy, dnsmasq, backends, mode: str,
+                                                                     name: str, category: str) -> None:
+    """On one keep-alive connection, a request whose name no longer resolves gets the 502, not the address an
+    earlier request's decision pinned (what is dialled is what this decision checked)."""
+    backend: Backend = backends("pool", host="127.0.0.2")
+    backend.keep_alive()
+    dns_server = dnsmasq({name: "127.0.0.2", "other.test": "127.0.0.9"})
+    fwd = free_port()
+    proxy = nsp_proxy(config(dns_server.port, perimeter("p1", ["api.allowed.test"], [
+        association("app", mode=mode, outboundListen=f"127.0.0.1:{fwd}")])))
+    with http_client(fwd) as client:
+        assert client.get(f"http://{name}:{backend.port}/before").status_code == 200
+        dns_server.remap({"other.test": "127.0.0.9"})
+        gone = client.get(f"http://{name}:{backend.port}/after")
+    assert gone.status_code == 502 and "could not be resolved" in gone.text
+    assert [hit[1] for hit in backend.hits] == ["/before"]
+    before, after = records_after(proxy, 2)
+    assert before["Category"] == after["Category"] == category
+    assert "NXDOMAIN" in after["DestinationParameters"]
