@@ -223,3 +223,28 @@ def test_a_name_that_stops_resolving_is_not_sent_to_its_old_address(nsp_proxy, d
     before, after = records_after(proxy, 2)
     assert before["Category"] == after["Category"] == category
     assert "NXDOMAIN" in after["DestinationParameters"]
+
+
+def test_two_names_pinned_to_one_address_share_the_connection_and_keep_their_host(nsp_proxy, dnsmasq,
+                                                                                  backends) -> None:
+    """Requests for two allowed names that resolve to the same address go on one upstream connection, each
+    with the Host header its client sent, each decided and recorded on its own."""
+    backend: Backend = backends("pool", host="127.0.0.2")
+    backend.keep_alive()
+    dns_server = dnsmasq({"a.allowed.test": "127.0.0.2", "b.allowed.test": "127.0.0.2"})
+    fwd = free_port()
+    proxy = nsp_proxy(config(dns_server.port, perimeter("p1", ["*.allowed.test"], [
+        association("app", outboundListen=f"127.0.0.1:{fwd}")])))
+    names = ["a.allowed.test", "b.allowed.test"] * 10
+    conn = http.client.HTTPConnection("127.0.0.1", fwd, timeout=10)  # one client connection (httpx pools by origin)
+    try:
+        for i, name in enumerate(names):
+            conn.request("GET", f"http://{name}:{backend.port}/{i}")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+    finally:
+        conn.close()
+    assert [host for _, _, host in backend.hits] == [f"{n}:{backend.port}" for n in names]
+    assert len(set(backend.peers)) == 1
+    assert [r["DestinationFqdn"] for r in records_after(proxy, 20)] == names
