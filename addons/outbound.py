@@ -2,11 +2,15 @@
 
 Hooks, each the earliest that knows its fact:
   http_connect     the CONNECT host: decide, resolve with dnspython, pin the address (or refuse with 403)
-  requestheaders   a plain forward request's absolute-URI host and Host header (or a Host header inside a tunnel)
-  next_layer       the TLS ClientHello inside a tunnel: its SNI must name the CONNECT host; the tunnel is then
-                   passed through untouched, or with settings.interceptTls decrypted by mitmproxy, so that
-                   requestheaders checks the Host header inside TLS too (domain fronting)
-  server_connect   every upstream connection: dialled only to the address pinned by a decision, else killed
+  requestheaders   a plain forward request: its absolute-URI host, Host header(s) and target; pinned, the request
+                   is sent to the pinned address (the Host header stays), so mitmproxy reuses one upstream
+                   connection per pinned destination. Inside a tunnel (plain, or decrypted with interceptTls):
+                   every host the request names must be the tunnel's, and the request is decided again against
+                   the generation in force
+  next_layer       the TLS ClientHello inside a tunnel: its SNI, read from the raw bytes, must name the CONNECT
+                   host; the tunnel is then passed through untouched, or with settings.interceptTls decrypted by
+                   mitmproxy, so that requestheaders checks the hosts inside TLS too (domain fronting)
+  server_connect   every upstream connection: dialled only to an address pinned by a decision, else killed
 """
 
 from __future__ import annotations
@@ -23,15 +27,20 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from addons.failsafe import fail_closed_flow
 from addons.lifecycle import NspLifecycle
 from addons.outcome import record_request
+from addons.requesthosts import named_hosts
+from proxy.clienthello import looks_like_tls, server_name
 from proxy.decision import Decision, OutboundFacts
 from proxy.denials import outbound_denial
 from proxy.engine import attribute_outbound
+from proxy.hostport import same_host
 from proxy.model import Direction
 from proxy.normalize import canonical_destination, ip_literal_address, is_ip_literal
 from proxy.resolver import ResolutionError
 from proxy.runtime import Runtime
 
 log = logging.getLogger("nsp-proxy")
+
+MAX_PINS_PER_CLIENT = 256  # destinations remembered per client connection (oldest dropped first)
 
 
 class _Refuse(layer.Layer):
@@ -48,7 +57,8 @@ class OutboundGate:
     def __init__(self, lifecycle: NspLifecycle):
         self.lifecycle = lifecycle
         self.pins: dict[str, dict[tuple[str, int], str]] = {}  # client id -> (host, port) -> address to dial
-        self.tunnels: dict[str, OutboundFacts] = {}  # client id -> facts of its allowed CONNECT
+        self.names: dict[str, dict[tuple[str, int], str]] = {}  # client id -> (address, port) -> host pinned to it
+        self.tunnels: dict[str, tuple[OutboundFacts, Decision]] = {}  # client id -> its allowed CONNECT
 
     # -- hooks ------------------------------------------------------------------------------------------------
 
@@ -57,43 +67,64 @@ class OutboundGate:
         runtime = self._runtime_for(flow.client_conn)
         if runtime is None:
             return
-        facts = self._facts(runtime, flow.client_conn, flow.request.host, flow.request.port, "HTTPS")
-        decision = await self._decide(runtime, flow.client_conn, facts, f"CONNECT {flow.request.host}:"
-                                                                         f"{flow.request.port}", flow)
+        # A tunnel: what will flow in it is not seen yet (records inside it say HTTPS or HTTP once it is).
+        facts = self._facts(runtime, flow.client_conn, flow.request.host, flow.request.port, "TCP")
+        operation = f"CONNECT {_hostport(flow.request.host, flow.request.port)}"
+        decision = await self._decide(runtime, flow.client_conn, facts, operation, flow)
         if not decision.allowed:
             self._deny(flow, facts, decision)
-        elif not self._pinned(flow.client_conn, facts):
+        elif self._pinned(flow.client_conn, facts) is None:
             self._unreachable(flow, facts)
         else:
-            self.tunnels[flow.client_conn.id] = facts
+            self.tunnels[flow.client_conn.id] = (facts, decision)
 
     @fail_closed_flow
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         runtime = self._runtime_for(flow.client_conn)
         if runtime is None:
             return
-        request = flow.request
         tunnel = self.tunnels.get(flow.client_conn.id)
         if tunnel is not None:
-            # HTTP inside an allowed tunnel (plain, or decrypted with interceptTls): the destination is fixed,
-            # only a lying Host header is news.
-            facts = replace(tunnel, protocol="HTTPS" if flow.client_conn.tls else "HTTP",
-                            host_header=request.host_header)
-            if _same_host(request.host_header, tunnel.destination_host):
-                return
-            decision = runtime.decide_outbound(facts)
-            scheme = "https" if flow.client_conn.tls else "http"
-            target = f"{scheme}://{tunnel.destination_host}:{tunnel.destination_port}{request.path}"
-            record_request(runtime, flow, decision, facts, operation=f"{request.method} {target}")  # the tunnel's
-        else:
-            facts = self._facts(runtime, flow.client_conn, request.host, request.port, "HTTP",
-                                host_header=request.host_header)
-            decision = await self._decide(runtime, flow.client_conn, facts, f"{request.method} {request.scheme}://"
-                                                                            f"{request.host}:{request.port}", flow)
+            self._in_tunnel(runtime, flow, *tunnel)
+            return
+        request = flow.request
+        facts = self._facts(runtime, flow.client_conn, request.host, request.port,
+                            "HTTPS" if request.scheme == "https" else "HTTP", host_header=request.host_header)
+        facts = replace(facts, named_hosts=named_hosts(request, in_tunnel=False))
+        operation = _operation(request.method, request.scheme, request.host, request.port, request.path)
+        decision = await self._decide(runtime, flow.client_conn, facts, operation, flow)
+        address = self._pinned(flow.client_conn, facts)
         if not decision.allowed:
             self._deny(flow, facts, decision)
-        elif tunnel is None and not self._pinned(flow.client_conn, facts):
+        elif address is None:
             self._unreachable(flow, facts)
+        else:
+            _send_to(request, address)
+
+    def _in_tunnel(self, runtime: Runtime, flow: http.HTTPFlow, tunnel: OutboundFacts, opened: Decision) -> None:
+        """HTTP inside an allowed tunnel (plain, or decrypted with interceptTls): the destination is fixed, so
+        every host the request names must be the tunnel's. The request is decided again against the generation
+        in force (a reload may have removed the rule the tunnel was opened under) and recorded when that says
+        something the tunnel's record did not: a denial, or a would-deny (Transition)."""
+        request = flow.request
+        tls = bool(flow.client_conn.tls)
+        hosts = named_hosts(request, in_tunnel=True)
+        facts = replace(tunnel, protocol="HTTPS" if tls else "HTTP", host_header=request.host_header,
+                        named_hosts=hosts)
+        # An IP-literal destination is decided by its address (the engine reads no names for it).
+        mismatch = not is_ip_literal(tunnel.destination_host) and not all(
+            same_host(value, tunnel.destination_host) for value in (request.host_header, *(v for _, v in hosts)))
+        decision = runtime.decide_outbound(facts)
+        if not decision.allowed or (decision.would_deny and (mismatch or not opened.would_deny)):
+            operation = _operation(request.method, "https" if tls else "http", tunnel.destination_host,
+                                   tunnel.destination_port, request.path)  # the tunnel's, not the Host's
+            record_request(runtime, flow, decision, facts, operation=operation)
+        if not decision.allowed:
+            self._deny(flow, facts, decision)
+            return
+        address = self._pinned(flow.client_conn, tunnel)
+        if address is not None:
+            _send_to(request, address)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         try:
@@ -103,45 +134,66 @@ class OutboundGate:
             nextlayer.layer = _Refuse(nextlayer.context)
 
     def _check_tunnel(self, nextlayer: layer.NextLayer) -> None:
-        tunnel = self.tunnels.get(nextlayer.context.client.id)
+        """The first bytes of an allowed tunnel. A TLS ClientHello's server name (read from the raw bytes,
+        ``proxy.clienthello``) must name the CONNECT host; one that is present but unreadable is a mismatch.
+        A ClientHello without a server name is let through: the tunnel's host was decided at CONNECT and
+        the bytes can only go to its pinned address."""
+        found = self.tunnels.get(nextlayer.context.client.id)
         runtime = self.lifecycle.runtime
-        if tunnel is None or runtime is None or len(nextlayer.context.layers) < 2:
+        if found is None or runtime is None or len(nextlayer.context.layers) < 2:
             return
+        tunnel = found[0]
         data = nextlayer.data_client()
-        if not data or not starts_like_tls_record(data):
-            return
+        if not looks_like_tls(data):
+            return  # not TLS: it goes to the pinned address (HTTP in it is checked by requestheaders)
         try:
-            hello = parse_client_hello(data)
-        except ValueError:
-            return  # not really TLS: it goes, unread, to the pinned address like any other bytes
-        if hello is None:
-            nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
-            return
-        if hello.sni is not None and not _same_host(hello.sni, tunnel.destination_host):
-            facts = replace(tunnel, sni=hello.sni)
+            hello = server_name(data)
+        except ValueError as exc:
+            sni = f"<not a readable ClientHello: {exc}>"
+        else:
+            if hello is None:
+                nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
+                return
+            sni = hello.shown if hello.present and not is_ip_literal(tunnel.destination_host) else None
+        intercept = runtime.policy.config.settings.intercept_tls
+        if (sni is None or same_host(sni, tunnel.destination_host, with_port=False)) and intercept \
+                and not _mitmproxy_decrypts(data):
+            # mitmproxy would pass it through unread (servers accept record versions it does not): the hosts
+            # inside could not be checked, which is what interceptTls was asked for.
+            sni = "<a ClientHello interceptTls cannot decrypt>"
+        if sni is not None and not same_host(sni, tunnel.destination_host, with_port=False):
+            facts = replace(tunnel, sni=sni, protocol="HTTPS")  # a TLS ClientHello was seen
             decision = runtime.decide_outbound(facts)
-            runtime.record(decision, facts, operation=f"TLS {tunnel.destination_host}:{tunnel.destination_port}",
-                           destination_parameters={"sni": hello.sni})
+            operation = f"TLS {_hostport(tunnel.destination_host, tunnel.destination_port)}"
+            runtime.record(decision, facts, operation=operation,
+                           destination_parameters={"sni": sni})
             if not decision.allowed:
                 nextlayer.layer = _Refuse(nextlayer.context)
                 return
-        if not runtime.policy.config.settings.intercept_tls:
+        if not intercept or not _mitmproxy_decrypts(data):
             nextlayer.layer = layers.TCPLayer(nextlayer.context, ignore=True)  # passed through unread
-        # else: mitmproxy's own choice stands, its TLS layers decrypt, and requestheaders sees the Host header
+        # else: mitmproxy's own choice stands, its TLS layers decrypt, and requestheaders sees the hosts
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
         try:
             if self._runtime_for(data.client) is None or data.server.address is None:
                 return
             host, port = data.server.address[:2]
-            pinned = self.pins.get(data.client.id, {}).get((str(host).lower(), port))
+            key = (canonical_destination(str(host)).strip("[]").lower(), port)  # as decided and pinned
+            pinned = self.pins.get(data.client.id, {}).get(key)  # dialled by name: a tunnel's first connection
+            if pinned is None and key in self.names.get(data.client.id, {}):
+                pinned = key[0]  # dialled by the pinned address itself (requests are sent to it)
+            name = self.names.get(data.client.id, {}).get((pinned, port)) if pinned else None
         except Exception:
             log.exception("nsp-proxy: server_connect check failed")
-            pinned, host, port = None, "?", 0
+            pinned, name, host, port = None, None, "?", 0
         if pinned is None:
             data.server.error = f"nsp-proxy: no decision allowed a connection to {host}:{port}"
             return
-        data.server.address = (pinned, port)
+        if pinned != host:
+            data.server.address = (pinned, port)
+        if data.server.tls and name and not is_ip_literal(name) and data.server.sni in (None, host, pinned):
+            data.server.sni = name  # TLS to the name that was decided, not to the address it is dialled at
         runtime = self.lifecycle.runtime
         if runtime is not None and runtime.own_listener(pinned, port) == "reverse":
             # A perimeter member's listener on this proxy: mitmproxy's self-connect guard (which saw only the
@@ -150,6 +202,7 @@ class OutboundGate:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.pins.pop(client.id, None)
+        self.names.pop(client.id, None)
         self.tunnels.pop(client.id, None)
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -166,11 +219,9 @@ class OutboundGate:
         source_ip, source_port = client.peername[:2]
         source_ip = source_ip[7:] if source_ip.lower().startswith("::ffff:") and "." in source_ip else source_ip
         resource = attribute_outbound(runtime.policy, client.proxy_mode.custom_listen_port or 0, source_ip)
-        # The one canonical form of the destination (A-label name, canonical address) that is decided, logged,
-        # resolved and pinned; a name IDNA2008 refuses stays as sent and the engine denies it with the reason.
         return OutboundFacts(resource=resource, source_ip=source_ip, source_port=source_port,
-                             destination_host=canonical_destination(host), destination_port=port,
-                             protocol=protocol, host_header=host_header)
+                             destination_host=canonical_destination(host), destination_port=port, protocol=protocol,
+                             host_header=host_header)
 
     async def _decide(self, runtime: Runtime, client: connection.Client, facts: OutboundFacts,
                       operation: str, flow: http.HTTPFlow) -> Decision:
@@ -198,16 +249,31 @@ class OutboundGate:
             if guard:
                 decision = runtime.decide_outbound(replace(facts, refused_by_guard=guard))
             elif usable:
-                self.pins.setdefault(client.id, {})[(host.lower(), facts.destination_port)] = usable[0]
+                self._pin(client, host, facts.destination_port, usable[0])
                 details["resolvedAddress"] = usable[0]
                 if len(addresses) > 1:
                     details["resolvedAddresses"] = ",".join(addresses)
+            if guard or not usable:  # never fall back on an address an earlier decision pinned for this name
+                self.pins.get(client.id, {}).pop((host.lower(), facts.destination_port), None)
         record_request(runtime, flow, decision, facts, operation=operation, destination_parameters=details)
         return decision
 
-    def _pinned(self, client: connection.Client, facts: OutboundFacts) -> bool:
+    def _pin(self, client: connection.Client, host: str, port: int, address: str) -> None:
+        """Remember the address a decision allowed, per client connection, most recent last. Each request is
+        pinned by its own decision just before it dials, so dropping the oldest entries beyond
+        ``MAX_PINS_PER_CLIENT`` (a long-lived connection naming ever new hosts) never strands a request."""
+        for table, key, value in ((self.pins, (host.lower(), port), address),
+                                  (self.names, (address.lower(), port), host)):
+            entries = table.setdefault(client.id, {})
+            entries.pop(key, None)
+            entries[key] = value
+            while len(entries) > MAX_PINS_PER_CLIENT:
+                del entries[next(iter(entries))]
+
+    def _pinned(self, client: connection.Client, facts: OutboundFacts) -> str | None:
+        """The address a decision pinned for the facts' destination, if any."""
         key = (facts.destination_host.strip("[]").lower(), facts.destination_port)
-        return key in self.pins.get(client.id, {})
+        return self.pins.get(client.id, {}).get(key)
 
     @staticmethod
     def _unreachable(flow: http.HTTPFlow, facts: OutboundFacts) -> None:
@@ -222,12 +288,30 @@ class OutboundGate:
         flow.response = http.Response.make(denial.status, denial.body, dict(denial.headers))
 
 
-def _same_host(value: str | None, host: str) -> bool:
-    if value is None:
-        return True
-    text = value.strip().lower().rstrip(".")
-    if text.startswith("["):
-        text = text[1 : text.find("]")]
-    elif text.count(":") == 1:
-        text = text.split(":", 1)[0]
-    return text.rstrip(".") == host.strip("[]").lower().rstrip(".")
+def _mitmproxy_decrypts(data: bytes) -> bool:
+    """Whether mitmproxy's own TLS layers would take this ClientHello (else it would forward it unread)."""
+    try:
+        return starts_like_tls_record(data) and parse_client_hello(data) is not None
+    except ValueError:
+        return False
+
+
+def _send_to(request: http.Request, address: str) -> None:
+    """Send ``request`` to the pinned ``address``, leaving the Host header and ``:authority`` as the client
+    sent them. mitmproxy picks (and reuses) upstream connections by the request's host and port, so a pooled
+    client's requests then share one connection to the pinned address instead of each opening a new one."""
+    authority, hosts = request.authority, request.headers.get_all("host")
+    request.host = address
+    request.authority = authority
+    request.headers.set_all("host", hosts)
+
+
+def _operation(method: str, scheme: str, host: str, port: int, path: str) -> str:
+    """``GET http://host:port/path``: the method and the URL without its query, as inbound records keep the
+    path without the query (a query can carry anything, a record should not)."""
+    return f"{method} {scheme}://{_hostport(host, port)}{path.split('?', 1)[0]}"
+
+
+def _hostport(host: str, port: int) -> str:
+    """``host:port``, an IPv6 literal bracketed."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"

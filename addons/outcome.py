@@ -36,13 +36,13 @@ def record_request(runtime: Runtime, flow: http.HTTPFlow, decision: Decision, fa
     when the request was refused because its record could not be taken (``flow.response`` is then set)."""
     recorder = runtime.recorder
     if decision.allowed and recorder.fails_closed(decision) and not recorder.accepting():
-        recorder.refuse(decision, facts, runtime.policy, details, "access log unavailable")
+        recorder.refuse(decision, facts, decision.policy or runtime.policy, details, "access log unavailable")
         flow.response = http.Response.make(503, _UNAVAILABLE, {"content-type": "text/plain; charset=utf-8",
                                                                "retry-after": "1"})
         return False
     if not decision.allowed or flow.request.method == "CONNECT":
         return runtime.record(decision, facts, **details)
-    recorder.defer(flow.id, decision, facts, runtime.policy, details)
+    recorder.defer(flow.id, decision, facts, decision.policy or runtime.policy, details)
     flow.metadata[PENDING] = recorder
     return True
 

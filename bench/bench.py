@@ -7,6 +7,9 @@ One run measures, in front of the same fast loopback backend and with the same l
   mitmdump    bare ``mitmdump -q --mode reverse:http://127.0.0.1:BACKEND@PORT``
   nsp-proxy   ``python -m proxy.cli run`` on a generated Enforced config with ~200 inbound prefixes, the
               client allowed, an access-log file written for every request, metrics off
+  mitmdump forward   bare ``mitmdump -q --mode regular@PORT``: plain-HTTP keep-alive forward-proxy requests
+  nsp-proxy forward  the same requests to an Enforced forward listener of the same nsp-proxy whose FQDN rule
+                     allows the name (resolved by a tiny DNS responder of the benchmark, then pinned)
 
 and then the decision engine alone (``proxy.engine.decide_inbound`` with the same 200 prefixes).
 
@@ -72,8 +75,32 @@ async def _backend_connection(reader: asyncio.StreamReader, writer: asyncio.Stre
         writer.close()
 
 
-async def _serve_backend(port: int) -> None:
+class _AnswerLoopback(asyncio.DatagramProtocol):
+    """A DNS responder for nsp-proxy's resolver: every A query is answered with 127.0.0.1 (TTL 60), any other
+    type with an empty answer. The forward rows' name is ``localhost``, which bare mitmdump resolves itself."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        import dns.message
+        import dns.rdatatype
+        import dns.rrset
+
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:  # noqa: BLE001 - not a DNS query: ignore it
+            return
+        answer = dns.message.make_response(query)
+        question = query.question[0] if query.question else None
+        if question is not None and question.rdtype == dns.rdatatype.A:
+            answer.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", "127.0.0.1"))
+        self.transport.sendto(answer.to_wire(), addr)  # type: ignore[attr-defined]
+
+
+async def _serve_backend(port: int, dns_port: int) -> None:
     server = await asyncio.start_server(_backend_connection, "127.0.0.1", port, backlog=1024)
+    await asyncio.get_running_loop().create_datagram_endpoint(_AnswerLoopback, local_addr=("127.0.0.1", dns_port))
     async with server:
         await server.serve_forever()
 
@@ -154,28 +181,39 @@ def inbound_prefixes(count: int, seed: int = 7) -> list[str]:
     return sorted(prefixes)
 
 
-def perimeter_config(listen_port: int, upstream_port: int, rules: int) -> dict[str, Any]:
-    """An Enforced association with ``rules`` inbound prefixes in 4 rules; loopback is the last one listed."""
+FORWARD_NAME = "localhost"  # the forward rows' destination: in /etc/hosts for mitmdump, in the bench DNS for us
+
+
+def perimeter_config(listen_port: int, upstream_port: int, rules: int, forward_port: int = 0,
+                     dns_port: int = 0) -> dict[str, Any]:
+    """An Enforced association with ``rules`` inbound prefixes in 4 rules; loopback is the last one listed. With
+    ``forward_port``, a second Enforced association whose forward-proxy listener may reach ``FORWARD_NAME``."""
     prefixes = [*inbound_prefixes(rules - 1), "127.0.0.1/32"]
     chunk = -(-len(prefixes) // 4)
     access_rules = [{"name": f"allow-block-{i}", "direction": "Inbound", "addressPrefixes": prefixes[j:j + chunk]}
                     for i, j in enumerate(range(0, len(prefixes), chunk))]
-    return {
-        "apiVersion": "nsp-proxy/v1",
-        "perimeters": [{
-            "name": "bench-perimeter",
-            "location": "westeurope",
-            "profiles": [{"name": "bench-profile", "accessRules": access_rules}],
-            "resourceAssociations": [{
-                "name": "bench-store",
-                "privateLinkResource": {"id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/"
-                                              "rg-bench/providers/Microsoft.Storage/storageAccounts/benchstore"},
-                "profile": "bench-profile",
-                "accessMode": "Enforced",
-                "local": {"listen": f"127.0.0.1:{listen_port}", "upstream": f"http://127.0.0.1:{upstream_port}"},
-            }],
-        }],
-    }
+    group = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-bench/providers/"
+    profiles = [{"name": "bench-profile", "accessRules": access_rules}]
+    associations = [{
+        "name": "bench-store",
+        "privateLinkResource": {"id": group + "Microsoft.Storage/storageAccounts/benchstore"},
+        "profile": "bench-profile",
+        "accessMode": "Enforced",
+        "local": {"listen": f"127.0.0.1:{listen_port}", "upstream": f"http://127.0.0.1:{upstream_port}"},
+    }]
+    document: dict[str, Any] = {"apiVersion": "nsp-proxy/v1"}
+    if forward_port:
+        profiles.append({"name": "bench-outbound", "accessRules": [
+            {"name": "allow-backend", "direction": "Outbound", "fullyQualifiedDomainNames": [FORWARD_NAME]}]})
+        associations.append({
+            "name": "bench-app", "privateLinkResource": {"id": group + "Microsoft.Web/sites/benchapp"},
+            "profile": "bench-outbound", "accessMode": "Enforced",
+            "local": {"outboundListen": f"127.0.0.1:{forward_port}"},
+        })
+        document["settings"] = {"dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": 2}}
+    document["perimeters"] = [{"name": "bench-perimeter", "location": "westeurope", "profiles": profiles,
+                               "resourceAssociations": associations}]
+    return document
 
 
 # -- the load generator ---------------------------------------------------------------------------------------
@@ -237,8 +275,12 @@ async def _client(port: int, request: bytes, warm_until: float, stop_at: float, 
         writer.close()
 
 
-async def _load(port: int, connections: int, warmup: float, duration: float) -> tuple[list[float], int]:
-    request = f"GET /container/blob HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: nsp-bench\r\n\r\n".encode()
+async def _load(port: int, connections: int, warmup: float, duration: float,
+                forward_to: int = 0) -> tuple[list[float], int]:
+    """Reverse-proxy requests, or with ``forward_to`` (the backend's port) absolute-form forward-proxy ones."""
+    target, host = ((f"http://{FORWARD_NAME}:{forward_to}/container/blob", f"{FORWARD_NAME}:{forward_to}")
+                    if forward_to else ("/container/blob", f"127.0.0.1:{port}"))
+    request = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: nsp-bench\r\n\r\n".encode()
     now = time.perf_counter()
     warm_until, stop_at = now + warmup, now + warmup + duration
     latencies: list[float] = []
@@ -258,12 +300,13 @@ class Window:
     cpu_seconds: float | None
 
 
-def measure(port: int, connections: int, warmup: float, duration: float, server_pid: int | None = None) -> Window:
+def measure(port: int, connections: int, warmup: float, duration: float, server_pid: int | None = None,
+            forward_to: int = 0) -> Window:
     """Drive ``port`` with ``connections`` keep-alive clients; keep what completed after ``warmup``."""
     cpu: list[float | None] = []
 
     async def drive() -> tuple[list[float], int]:
-        task = asyncio.ensure_future(_load(port, connections, warmup, duration))
+        task = asyncio.ensure_future(_load(port, connections, warmup, duration, forward_to))
         await asyncio.sleep(warmup)  # the server's CPU time is sampled over the measured window only
         cpu.append(cpu_seconds(server_pid) if server_pid else None)
         latencies, errors = await task
@@ -346,14 +389,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[LoadResult] = []
     work = Path(tempfile.mkdtemp(prefix="nsp-bench-"))
     backend_port, mitm_port, nsp_port = free_port(), free_port(), free_port()
+    dns_port, mitm_forward, nsp_forward = free_port(), free_port(), free_port()
     config_path, access_log = work / "perimeter.yaml", work / "access.jsonl"
-    config_path.write_text(yaml.safe_dump(perimeter_config(nsp_port, backend_port, args.rules), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(perimeter_config(nsp_port, backend_port, args.rules, nsp_forward, dns_port),
+                                          sort_keys=False))
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if not args.quiet else (lambda *a: None)
     window = args.duration / args.rounds
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(running(
-                [sys.executable, str(Path(__file__).resolve()), "--serve-backend", str(backend_port)],
+                [sys.executable, str(Path(__file__).resolve()), "--serve-backend", str(backend_port),
+                 "--serve-dns", str(dns_port)],
                 backend_port, "backend", work / "backend.stderr"))
             if args.direct_duration > 0:
                 say(f"[bench] backend direct: {args.direct_duration}s")
@@ -368,17 +414,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      str(access_log), "--metrics", "off"],
                     nsp_port, "nsp-proxy", work / "nsp-proxy.stderr")),
             }
-            ports = {"mitmdump": mitm_port, "nsp-proxy": nsp_port}
+            if args.forward:
+                targets["mitmdump forward"] = stack.enter_context(running(
+                    [mitmdump_binary(), "-q", "--mode", f"regular@127.0.0.1:{mitm_forward}"],
+                    mitm_forward, "mitmdump forward", work / "mitmdump-forward.stderr"))
+                targets["nsp-proxy forward"] = targets["nsp-proxy"]
+            ports = {"mitmdump": mitm_port, "nsp-proxy": nsp_port, "mitmdump forward": mitm_forward,
+                     "nsp-proxy forward": nsp_forward}
             windows: dict[str, list[Window]] = {name: [] for name in targets}
             for round_no in range(args.rounds):
                 warmup = args.warmup if round_no == 0 else min(args.warmup, 0.5)
                 for name, process in targets.items():
                     say(f"[bench] round {round_no + 1}/{args.rounds} {name}: {warmup}s warm-up + {window:g}s")
-                    windows[name].append(measure(ports[name], args.connections, warmup, window, process.pid))
+                    windows[name].append(measure(ports[name], args.connections, warmup, window, process.pid,
+                                                 backend_port if name.endswith("forward") else 0))
             for name in targets:
                 results.append(summarize(name, args.connections, windows[name]))
-        results[-1].notes["access_log_records"] = (sum(1 for _ in access_log.open())
-                                                   if access_log.exists() else 0)
+        next(r for r in results if r.target == "nsp-proxy").notes["access_log_records"] = (
+            sum(1 for _ in access_log.open()) if access_log.exists() else 0)
 
         say(f"[bench] decision engine: {args.engine_seconds}s")
         engine = engine_benchmark(args.rules, args.engine_seconds)
@@ -387,22 +440,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
 
     by_name = {r.target: r for r in results}
-    base, ours = by_name["mitmdump"], by_name["nsp-proxy"]
-    ratio = {
-        "throughput": round(ours.rps / base.rps, 3) if base.rps else None,
-        "p50_latency": round(ours.p50_ms / base.p50_ms, 3) if base.p50_ms else None,
-        "p99_latency": round(ours.p99_ms / base.p99_ms, 3) if base.p99_ms else None,
-        "server_cpu_per_request": (round(ours.server_cpu_ms_per_request / base.server_cpu_ms_per_request, 3)
-                                   if ours.server_cpu_ms_per_request and base.server_cpu_ms_per_request else None),
-    }
+    report_ratios = {"ratio_nsp_proxy_over_mitmdump": _ratio(by_name["mitmdump"], by_name["nsp-proxy"])}
+    if args.forward:
+        report_ratios["ratio_forward_nsp_proxy_over_mitmdump"] = _ratio(by_name["mitmdump forward"],
+                                                                         by_name["nsp-proxy forward"])
     return {
         "settings": {"connections": args.connections, "warmup_s": args.warmup, "duration_s": args.duration,
                      "rounds": args.rounds,
                      "rules": args.rules, "cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "load": [asdict(r) for r in results],
-        "ratio_nsp_proxy_over_mitmdump": ratio,
+        **report_ratios,
         "engine": engine,
         "work_dir": str(work) if args.keep else None,
+    }
+
+
+def _ratio(base: LoadResult, ours: LoadResult) -> dict[str, float | None]:
+    """nsp-proxy over bare mitmdump for one path: above 1 for latency and CPU, below 1 for throughput, is cost."""
+    return {
+        "throughput": round(ours.rps / base.rps, 3) if base.rps else None,
+        "p50_latency": round(ours.p50_ms / base.p50_ms, 3) if base.p50_ms else None,
+        "p99_latency": round(ours.p99_ms / base.p99_ms, 3) if base.p99_ms else None,
+        "server_cpu_per_request": (round(ours.server_cpu_ms_per_request / base.server_cpu_ms_per_request, 3)
+                                   if ours.server_cpu_ms_per_request and base.server_cpu_ms_per_request else None),
     }
 
 
@@ -420,10 +480,13 @@ def print_table(report: dict[str, Any]) -> None:
         cpu = f"{r['server_cpu_ms_per_request']:.3f}" if r["server_cpu_ms_per_request"] is not None else "-"
         print(f"{r['target']:<18}{r['requests']:>10}{r['rps']:>10.1f}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
               f"{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}{r['errors']:>8}{cpu:>12}")
-    ratio = report["ratio_nsp_proxy_over_mitmdump"]
     print()
-    print(f"nsp-proxy / mitmdump: throughput x{ratio['throughput']}, p50 latency x{ratio['p50_latency']}, "
-          f"p99 latency x{ratio['p99_latency']}, proxy CPU per request x{ratio['server_cpu_per_request']}")
+    for key, label in (("ratio_nsp_proxy_over_mitmdump", "nsp-proxy / mitmdump"),
+                       ("ratio_forward_nsp_proxy_over_mitmdump", "forward: nsp-proxy / mitmdump")):
+        if key in report:
+            ratio = report[key]
+            print(f"{label}: throughput x{ratio['throughput']}, p50 latency x{ratio['p50_latency']}, "
+                  f"p99 latency x{ratio['p99_latency']}, proxy CPU per request x{ratio['server_cpu_per_request']}")
     nsp = next(r for r in report["load"] if r["target"] == "nsp-proxy")
     print(f"nsp-proxy access-log records written: {nsp['notes'].get('access_log_records')} "
           f"(includes warm-up and in-flight requests)")
@@ -447,12 +510,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (config, access log, stderr)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--no-forward", dest="forward", action="store_false",
+                        help="skip the forward-proxy rows (plain-HTTP keep-alive through a forward listener)")
     parser.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-dns", type=int, metavar="PORT", default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_backend:
         with contextlib.suppress(KeyboardInterrupt):
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            asyncio.run(_serve_backend(args.serve_backend))
+            asyncio.run(_serve_backend(args.serve_backend, args.serve_dns))
         return 0
     if not 2 <= args.rules <= 200:
         parser.error("--rules must be between 2 and 200 (Azure allows 200 rule elements per profile)")

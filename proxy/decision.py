@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from proxy.model import AccessMode, Direction
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
+
+if TYPE_CHECKING:
+    from proxy.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,13 @@ class OutboundFacts:
     destination_host: str  # absolute-URI or CONNECT host, as sent
     destination_port: int
     source_port: int = 0
-    protocol: str = "HTTPS"  # HTTP (plain forward), HTTPS (CONNECT), TCP
+    protocol: str = "HTTPS"  # what was seen: HTTP, HTTPS (TLS), TCP (a tunnel whose bytes are not seen yet)
     host_header: str | None = None  # Host header of a plain request, when it differs it is an anomaly
     sni: str | None = None  # TLS server name seen inside a CONNECT tunnel
     refused_by_guard: str | None = None  # why nsp-proxy's own guards refuse the dialled address (not an NSP rule)
+    # Every other place the request names a host, as (what, value): ("request target", "http://x/"),
+    # (":authority", "x:443"), ("Host header", "x") ... each must name the destination, like host_header and sni.
+    named_hosts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,3 +66,6 @@ class Decision:
     # cross-perimeter); empty for public callers.
     source_perimeter_guid: str = ""
     source_resource_id: str = ""
+    # The policy generation that made this decision: its record is built from it, never from a generation a
+    # reload swapped in between the decision and the record (set by ``Runtime``; None for bare engine calls).
+    policy: Policy | None = field(default=None, compare=False, repr=False)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from proxy import addresses
 from proxy.decision import Decision, InboundFacts, OutboundFacts
+from proxy.hostport import same_host
 from proxy.model import AccessMode, Association, Direction
 from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription
 from proxy.policy import CompiledAssociation, Policy
@@ -109,8 +110,8 @@ def _evaluate_outbound(policy: Policy, compiled: CompiledAssociation, facts: Out
         name = normalize_hostname(host)
     except ValueError as exc:
         return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None, f"invalid destination: {exc}")
-    for label, other in (("Host header", facts.host_header), ("TLS SNI", facts.sni)):
-        if other is not None and _host_only(other) != name:
+    for label, other in (("Host header", facts.host_header), ("TLS SNI", facts.sni), *facts.named_hosts):
+        if not same_host(other, name, with_port=label != "TLS SNI"):
             return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None,
                             f"{label} {other!r} differs from the destination {name!r}")
     member = policy.member_fqdns.lookup(name)
@@ -279,15 +280,3 @@ def _subscription(value: str | None) -> str | None:
         return normalize_subscription(value)
     except ValueError:
         return None
-
-
-def _host_only(value: str) -> str:
-    """``Example.com:443`` -> ``example.com``; IP literals and odd input are returned folded, never raised."""
-    text = value.strip()
-    if text.startswith("["):
-        return text[1 : text.find("]")] if "]" in text else text
-    host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
-    try:
-        return normalize_hostname(host)
-    except ValueError:
-        return host.lower()

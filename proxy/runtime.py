@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy import addresses
@@ -106,13 +106,13 @@ class Runtime:
         started = time.perf_counter()
         decision = decide(policy, facts)
         self.metrics.decision_seconds[decision.direction].observe(time.perf_counter() - started)
-        return decision
+        return replace(decision, policy=policy)
 
     def record(self, decision: Decision, facts: InboundFacts | OutboundFacts, **details: Any) -> bool:
         """Queue the one access-log record of ``decision`` and count it (decision counters move with records,
         so the metrics and the log agree on how many decisions were made). Never blocks. False when the log
         could not take it (queue full, or the last write failed): an Enforced gate then refuses the request."""
-        return self.recorder.record(decision, facts, self.policy, details)
+        return self.recorder.record(decision, facts, decision.policy or self.policy, details)
 
     @property
     def writer(self) -> Any:

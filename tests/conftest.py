@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,18 @@ def backend() -> Iterator[Backend]:
     server = start_backend("upstream")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., Backend]]:
+    """``backends(name, host=..., tls=...)`` starts a recording loopback server; all stop at teardown."""
+    started: list[Backend] = []
+
+    def start(name: str, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Backend:
+        backend = start_backend(name, host=host, tls=tls)
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        backend.stop()

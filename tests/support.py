@@ -408,6 +408,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         self.server.hits.append((self.command, self.path, self.headers.get("host")))  # type: ignore[attr-defined]
+        self.server.peers.append(self.client_address)  # type: ignore[attr-defined]
         body = json.dumps({"backend": self.server.name, "path": self.path,  # type: ignore[attr-defined]
                            "host": self.headers.get("host")}).encode()
         self.send_response(200)
@@ -430,6 +431,11 @@ class Backend:
     def hits(self) -> list[tuple[str, str, str]]:
         return self.server.hits  # type: ignore[attr-defined]
 
+    @property
+    def peers(self) -> list[tuple[str, int]]:
+        """The client address of the connection each hit came on (one address: the connection was reused)."""
+        return self.server.peers  # type: ignore[attr-defined]
+
     def keep_alive(self) -> None:
         """Answer HTTP/1.1 with keep-alive (the handler defaults to HTTP/1.0, close after each response, and
         mitmproxy then closes the client connection too, which would hide what a connection test looks at)."""
@@ -446,6 +452,7 @@ def start_backend(name: str, host: str = "127.0.0.1", tls: ssl.SSLContext | None
     server = ThreadingHTTPServer((host, 0), _EchoHandler)
     server.daemon_threads = True
     server.hits = []  # type: ignore[attr-defined]
+    server.peers = []  # type: ignore[attr-defined]
     server.name = name  # type: ignore[attr-defined]
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)

@@ -250,17 +250,11 @@ def test_curl_with_an_idn_url_is_decided_on_the_a_label(setup: Setup, url_host: 
     assert json.loads(record["MatchedRule"])["accessRule"] == "allow"
 
 
-_PIN_LOOKUP = ("mitmproxy hands the gate the host as it parsed it ('bücher.allowed.test': it decodes A-labels; "
-               "a trailing dot kept) and server_connect (owned by the outbound branch) looks pins up by that, not "
-               "by the canonical form they are stored under: it needs proxy.normalize.canonical_destination too")
-
-
 @pytest.mark.parametrize("sent", [
-    pytest.param("xn--bcher-kva.allowed.test", marks=pytest.mark.xfail(strict=True, reason=_PIN_LOOKUP)),
-    pytest.param("ok.allowed.test.", marks=pytest.mark.xfail(strict=True, reason=_PIN_LOOKUP)),
-    # Python 3.11's IDNA codec leaves an upper-case XN-- label alone, 3.13's decodes it
-    pytest.param("XN--CAF-DMA.allowed.test", marks=pytest.mark.xfail(strict=False, reason=_PIN_LOOKUP)),
-    pytest.param("OK.Allowed.TEST"),
+    pytest.param("xn--bcher-kva.allowed.test", id="a-label"),
+    pytest.param("ok.allowed.test.", id="trailing dot"),
+    pytest.param("XN--CAF-DMA.allowed.test", id="upper-case a-label"),
+    pytest.param("OK.Allowed.TEST", id="mixed case"),
 ])
 def test_canonicalised_destination_reaches_the_backend(setup: Setup, sent: str) -> None:
     hits = len(setup.backend.hits)
@@ -268,7 +262,6 @@ def test_canonicalised_destination_reaches_the_backend(setup: Setup, sent: str) 
     assert len(setup.backend.hits) == hits + 1
 
 
-@pytest.mark.xfail(strict=True, reason=_PIN_LOOKUP)
 def test_ip_literal_in_another_spelling_reaches_the_backend_in_transition(setup: Setup) -> None:
     before, hits = len(setup.proxy.records()), len(setup.backend.hits)
     assert probe(setup.ports["Learning"], "http", "2130706434", setup.backend.port) == 200  # 127.0.0.2
@@ -276,9 +269,6 @@ def test_ip_literal_in_another_spelling_reaches_the_backend_in_transition(setup:
     assert len(setup.backend.hits) == hits + 1
 
 
-@pytest.mark.xfail(strict=True, reason="requestheaders compares a tunnel's Host header with _same_host (outbound "
-                   "branch), which does not canonicalise: 'Host: 2130706434' differs from the tunnel's 127.0.0.2 "
-                   "and a second (would-deny) record is written; it needs proxy.normalize.canonical_destination")
 def test_tunnel_to_ip_literal_in_another_spelling_has_one_record(setup: Setup) -> None:
     before = len(setup.proxy.records())
     authority = f"2130706434:{setup.backend.port}"

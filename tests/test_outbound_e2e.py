@@ -15,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support import (
-    Backend,
     Dnsmasq,
     RunningProxy,
     exactly,
     free_port,
     require,
-    start_backend,
     wait_until,
 )
 
@@ -165,21 +162,6 @@ def self_signed(tmp: Path, *names: str, addresses: tuple[str, ...] = ()) -> Cert
     return Cert(cert_file, server)
 
 
-@pytest.fixture
-def backends() -> Iterator[Callable[..., Backend]]:
-    """``backends(name, host=..., tls=...)`` starts a recording loopback server; all stop at teardown."""
-    started: list[Backend] = []
-
-    def start(name: str, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Backend:
-        backend = start_backend(name, host=host, tls=tls)
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.stop()
-
-
 # -- access-log helpers -------------------------------------------------------------------------------------
 
 
@@ -241,7 +223,7 @@ def test_allowed_fqdn_plain_http_reaches_the_resolved_backend_on_any_port(nsp_pr
         assert record["TrafficType"] == "Public"
         assert record["SourceIpAddress"] == "127.0.0.1"
         assert record["SourceResourceId"] == RESOURCE_ID + "app"
-    assert one["OperationName"] == f"GET http://api.allowed.test:{first.port}"
+    assert one["OperationName"] == f"GET http://api.allowed.test:{first.port}/one"
 
 
 def test_removed_resource_is_refused_on_its_forward_connection_still_open(nsp_proxy, dnsmasq, backends) -> None:
@@ -295,7 +277,7 @@ def test_allowed_fqdn_https_connect_is_passed_through(nsp_proxy, dnsmasq, backen
     records = records_after(proxy, 2)  # one per CONNECT; the TLS inside (SNI = CONNECT host) adds none
     for record in records:
         assert_record(record, category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
-                      rule="allow-api", resolved="127.0.0.2", protocol="HTTPS")
+                      rule="allow-api", resolved="127.0.0.2", protocol="TCP")
         assert record["OperationName"] == f"CONNECT api.allowed.test:{backend.port}"
 
 
@@ -324,7 +306,7 @@ def test_intercept_tls_checks_the_host_header_inside_tls(nsp_proxy, dnsmasq, bac
     connect_ok, connect_fronted, lying = records_after(proxy, 3)
     for record in (connect_ok, connect_fronted):
         assert_record(record, category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
-                      rule="allow-api", resolved="127.0.0.2", protocol="HTTPS")
+                      rule="allow-api", resolved="127.0.0.2", protocol="TCP")
     assert_record(lying, category=DENIED, action="Denied", fqdn="api.allowed.test", port=backend.port,
                   protocol="HTTPS")
     assert lying["OperationName"] == f"GET {target}/fronted"
@@ -369,7 +351,7 @@ def test_denied_fqdn_is_refused_and_never_resolved(nsp_proxy, dnsmasq, backends)
     assert not dns_server.queried("denied.test")
 
     records = records_after(proxy, 5)
-    for record, protocol in zip(records[:4], ["HTTP", "HTTPS", "HTTP", "HTTPS"], strict=True):
+    for record, protocol in zip(records[:4], ["HTTP", "TCP", "HTTP", "TCP"], strict=True):
         assert_record(record, category=DENIED, action="Denied", fqdn="denied.test", port=backend.port,
                       protocol=protocol)
         assert record["DestinationParameters"] == ""
@@ -435,7 +417,7 @@ def test_ip_literal_denied_in_enforced_allowed_in_transition(nsp_proxy, dnsmasq,
 
     records = records_after(proxy, 5)
     assert_record(records[0], category=DENIED, action="Denied", fqdn="127.0.0.2", port=plain.port, protocol="HTTP")
-    assert_record(records[1], category=DENIED, action="Denied", fqdn="127.0.0.2", port=443, protocol="HTTPS")
+    assert_record(records[1], category=DENIED, action="Denied", fqdn="127.0.0.2", port=443, protocol="TCP")
     # decided and logged as the canonical address; the operation keeps the spelling the client sent
     assert_record(records[2], category=DENIED, action="Denied", fqdn="127.0.0.2", port=tls.port)
     assert records[2]["OperationName"] == f"CONNECT 2130706434:{tls.port}"
@@ -444,7 +426,7 @@ def test_ip_literal_denied_in_enforced_allowed_in_transition(nsp_proxy, dnsmasq,
     assert_record(records[3], category=RESOURCE_ALLOWED, action="Approved", fqdn="127.0.0.2", port=plain.port,
                   resolved="127.0.0.2", protocol="HTTP")
     assert_record(records[4], category=RESOURCE_ALLOWED, action="Approved", fqdn="127.0.0.2", port=tls.port,
-                  resolved="127.0.0.2", protocol="HTTPS")
+                  resolved="127.0.0.2", protocol="TCP")
     for record in records[3:]:
         assert "IP-literal destination 127.0.0.2" in record["ResultDescription"]
         assert record["RuleType"] == "ResourceRules"
@@ -552,7 +534,7 @@ def test_host_header_mismatch_is_denied_in_enforced(nsp_proxy, dnsmasq, backends
     assert_record(records[2], category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
                   rule="allow-api", resolved="127.0.0.2")
     assert_record(records[3], category=ALLOWED, action="Approved", fqdn="api.allowed.test", port=backend.port,
-                  rule="allow-api", resolved="127.0.0.2", protocol="HTTPS")
+                  rule="allow-api", resolved="127.0.0.2", protocol="TCP")
 
 
 # -- 8: DNS pinning, rebinding, blocked prefixes, NXDOMAIN ----------------------------------------------------
@@ -724,7 +706,7 @@ def test_transition_lets_rule_denied_traffic_through_and_counts_it(nsp_proxy, dn
     assert_record(plain, category=RESOURCE_ALLOWED, action="Approved", fqdn="other.test", port=backend.port,
                   resolved="127.0.0.2", protocol="HTTP")
     assert_record(tunnelled, category=RESOURCE_ALLOWED, action="Approved", fqdn="other.test", port=tls.port,
-                  resolved="127.0.0.2", protocol="HTTPS")
+                  resolved="127.0.0.2", protocol="TCP")
     for record in (plain, tunnelled):
         assert record["RuleType"] == "ResourceRules"
         assert "no outbound rule allows other.test" in record["ResultDescription"]
