@@ -4,19 +4,19 @@ Supported (and tested) pairs: mitmproxy 11.0.x on Python 3.11, mitmproxy 12.x on
 (``pyproject.toml``: ``mitmproxy>=11,<13``). ``tests/test_compat.py`` asserts that every mitmproxy internal the
 addons use still exists with the shape relied on, so an upgrade that changes one fails there, by name.
 
-The one behavioural difference: the startup order of ``mitmdump -s addons/nsp.py``.
-mitmproxy loads ``-s`` scripts from a task (``Script.watcher``) that first yields once, so the script's
-``configure`` runs some event-loop turns after ``Master.run()`` has begun. On mitmproxy 11 that still happens
-before ``Proxyserver.setup_servers()`` reads the ``mode`` option, so the listeners the addon asks for are the
-ones opened. mitmproxy 12 on Python >= 3.12 runs its startup with an eager task factory: ``setup_servers()``
-starts at once, with the ``mode`` given on the command line (default: an open forward proxy on ``*:8080``),
-and a later change of ``mode`` is ignored until the proxy server is running. ``servers_started_before_us``
-detects that case. mitmdump's listener is then open before any code of the script runs; nothing is forwarded
-through it (the gates refuse what arrives on a listener they did not open, and a refused configuration ends
-the process in the same event-loop turn that loads the script), but to keep it shut altogether run
-``mitmdump -n`` (``--no-server``): the addon turns the server on with exactly its listeners, which
-``open_listeners_before_running`` opens. ``nsp-proxy run`` configures its addons before it starts the master,
-so the difference does not show there.
+The one behavioural difference is the startup order of ``mitmdump -s addons/nsp.py``, and it follows the
+Python version. mitmproxy loads ``-s`` scripts from a task (``Script.watcher``) that first yields once, so the
+script's ``configure`` runs some event-loop turns after ``Master.run()`` has begun. On Python 3.11 that is
+still before ``Proxyserver.setup_servers()`` reads the ``mode`` option, so the listeners the addon asks for are
+the ones opened. On Python >= 3.12 (so with every mitmproxy 12), ``Master.run()`` installs an eager task factory
+(``asyncio_utils.set_eager_task_factory``): ``setup_servers()`` runs at once, with the ``mode`` given on the
+command line (default: an open forward proxy on ``*:8080``), and a later change of ``mode`` is ignored until
+the proxy server is running. ``servers_started_before_us`` detects that case. mitmdump's listener is then
+open before any code of the script runs; nothing is forwarded through it (the gates refuse what arrives on a
+listener they did not open, and a refused configuration ends the process in the event-loop turn that loads
+the script), but to keep it shut altogether run ``mitmdump -n`` (``--no-server``): the addon turns the server
+on with exactly its listeners, which ``open_listeners_before_running`` opens. ``nsp-proxy run`` configures its
+addons before it starts the master, so the difference does not show there.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ MITMPROXY_VERSION: tuple[int, ...] = tuple(int(part) for part in VERSION.split("
 SUPPORTED_MAJORS = (11, 12)
 """mitmproxy major versions this code is written and tested for (pyproject: ``mitmproxy>=11,<13``)."""
 
-EAGER_STARTUP = MITMPROXY_VERSION >= (12,) and sys.version_info >= (3, 12)
-"""True where ``Master.run()`` starts its tasks eagerly (mitmproxy 12 on Python >= 3.12)."""
+EAGER_STARTUP = sys.version_info >= (3, 12)
+"""True where ``Master.run()`` starts its tasks eagerly (Python >= 3.12, so with every mitmproxy 12)."""
 
 
 def servers_started_before_us() -> bool:
