@@ -33,6 +33,10 @@ MITMPROXY_VERSION: tuple[int, ...] = tuple(int(part) for part in VERSION.split("
 SUPPORTED_MAJORS = (11, 12)
 """mitmproxy major versions this code is written and tested for (pyproject: ``mitmproxy>=11,<13``)."""
 
+TESTED: tuple[tuple[int, int], ...] = ((11, 0), (12, 3))
+"""(major, minor) releases the suite runs on (.ci/run pins them). Another one may work, but run
+``tests/test_compat.py`` on it before adding it here: nsp-proxy's master and gates use mitmproxy internals."""
+
 EAGER_STARTUP = sys.version_info >= (3, 12)
 """True where ``Master.run()`` starts its tasks eagerly (Python >= 3.12, so with every mitmproxy 12)."""
 

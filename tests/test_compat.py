@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mitmproxy import addonmanager, connection, http, master, options
+from mitmproxy import addonmanager, connection, hooks, http, master, options
 from mitmproxy.addons import proxyserver, script, termlog
 from mitmproxy.net.http import url
 from mitmproxy.net.tls import starts_like_tls_record
@@ -44,6 +44,9 @@ def test_the_installed_mitmproxy_is_a_supported_one() -> None:
     assert tuple(range(int(low), int(high))) == compat.SUPPORTED_MAJORS
     assert compat.MITMPROXY_VERSION[0] in compat.SUPPORTED_MAJORS, compat.MITMPROXY_VERSION
     assert compat.MITMPROXY_VERSION[0] < 12 or sys.version_info >= (3, 12), "mitmproxy 12 needs Python 3.12+"
+    assert compat.MITMPROXY_VERSION in compat.TESTED, (
+        f"mitmproxy {compat.MITMPROXY_VERSION} is not a tested release: if the rest of this file passes, add it "
+        "to addons/compat.py TESTED (and .ci/run's pins)")
 
 
 # -- the startup order addons/compat.py copes with ----------------------------------------------------------
@@ -139,3 +142,23 @@ INTERNALS: list = [
 @pytest.mark.parametrize("holds", INTERNALS)
 def test_internal_has_the_shape_relied_on(holds: Callable[[], bool]) -> None:
     assert holds()
+
+
+# -- what nsp-proxy's own master (addons/master.py) relies on --------------------------------------------------
+
+
+def test_addon_manager_has_what_the_hook_dispatch_overrides() -> None:
+    """HookDispatch replaces trigger_event (the hot path: handle_lifecycle calls it for every flow hook and the
+    update hook after it) and keeps mitmproxy's per-addon semantics; it walks chain with _iter_hooks."""
+    manager = addonmanager.AddonManager
+    assert "await self.trigger_event(event)" in inspect.getsource(manager.handle_lifecycle)
+    trigger = inspect.getsource(manager.trigger_event)
+    assert "for i in self.chain" in trigger and "safecall()" in trigger and "AddonHalt" in trigger, trigger
+    assert params(manager._iter_hooks) == ["self", "addon", "event"]
+    assert "self.chain.append(self.register(i))" in inspect.getsource(manager.add)
+    for method in ("register", "remove", "clear", "_configure_all", "get"):
+        assert callable(getattr(manager, method)), method
+    assert "self.addons = addonmanager.AddonManager(self)" in inspect.getsource(master.Master.__init__)
+    assert "options.changed.connect(self._configure_all)" in inspect.getsource(manager.__init__)
+    assert "requestheaders" in hooks.all_hooks and "update" in hooks.all_hooks
+
