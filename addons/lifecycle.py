@@ -64,7 +64,7 @@ class NspLifecycle:
             # Logged, not raised: mitmproxy exits on an error at startup (without a traceback of ours).
             log.error("nsp-proxy: configuration refused:\n%s", exc)
             if compat.servers_started_before_us():
-                # mitmproxy 12 is already opening its own listeners: stop before one accepts a connection.
+                # Python 3.12+: mitmproxy opened its own listener before loading us; end before it forwards.
                 raise SystemExit(1) from None
             return
         self.runtime = Runtime(config, overrides, config_path=path)
