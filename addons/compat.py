@@ -1,4 +1,4 @@
-"""Every difference between the supported mitmproxy versions, in one place.
+"""Every difference between the supported mitmproxy/Python pairs, in one place.
 
 Supported (and tested) pairs: mitmproxy 11.0.x on Python 3.11, mitmproxy 12.x on Python 3.12 and 3.13
 (``pyproject.toml``: ``mitmproxy>=11,<13``). ``tests/test_compat.py`` asserts that every mitmproxy internal the
@@ -53,12 +53,12 @@ def open_listeners_before_running() -> asyncio.Task[bool] | None:
     """Make the proxy server's listeners match the ``mode`` option before it is running (None: it is running
     already and follows ``mode`` by itself).
 
-    mitmproxy's proxy server ignores a change of ``mode`` until its ``running`` hook, and on mitmproxy 12 startup
-    may already have set up its listeners (see the module docstring). ``Proxyserver.setup_servers()`` (what
+    mitmproxy's proxy server ignores a change of ``mode`` until its ``running`` hook, and on Python 3.12+
+    startup may already have set up its listeners (see the module docstring). ``Proxyserver.setup_servers()`` (what
     ``Master.run()`` calls) takes the server lock, so this runs after any setup in progress, then closes the
     listeners ``mode`` no longer names and opens the others; when it runs first, startup's own call finds
     nothing left to do. The caller keeps and awaits the task: a listener that cannot be opened is logged as an
-    error, so mitmproxy exits at its end-of-startup error check, as it would on mitmproxy 11."""
+    error, so mitmproxy exits at its end-of-startup error check, as it does on Python 3.11."""
     proxyserver = ctx.master.addons.get("proxyserver")
     if proxyserver is None or proxyserver.is_running:
         return None
