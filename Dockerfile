@@ -13,7 +13,8 @@
 # Mount the directory rather than the single file: edits apply live (nsp-proxy polls the file), and editors
 # that save by replacing the file would leave a single-file bind mount pointing at the old copy.
 # The access log goes to stdout (`docker logs`) unless settings.accessLog or --access-log says otherwise.
-FROM python:3.11-slim
+# The newest tested pair (README, Development): Python 3.13 with mitmproxy 12.3.x.
+FROM python:3.13-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -23,7 +24,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY pyproject.toml README.md /tmp/build/
 COPY proxy /tmp/build/proxy
 COPY addons /tmp/build/addons
-RUN pip install /tmp/build \
+RUN pip install /tmp/build 'mitmproxy==12.3.*' \
     && rm -rf /tmp/build
 
 # mitmproxy keeps its CA in ~/.mitmproxy, so the user needs a writable home.

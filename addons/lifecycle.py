@@ -18,6 +18,7 @@ from mitmproxy import connection, ctx
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from addons import compat
 from proxy.config import load_config
 from proxy.demo_backend import DemoBackend
 from proxy.errors import ConfigError
@@ -37,6 +38,7 @@ class NspLifecycle:
         self._watch: asyncio.Task | None = None
         self.rewrites_host_header = False  # True when this addon turned on keep_host_header for the gate
         self.manages_listeners = False  # True when every mitmproxy listener is one this addon opened
+        self._late_listeners: asyncio.Task | None = None  # see compat.open_listeners_before_running
 
     def load(self, loader: Loader) -> None:
         loader.add_option("nsp_config", str, "", "nsp-proxy configuration file (YAML).")
@@ -62,16 +64,24 @@ class NspLifecycle:
                 ctx.options.update(mode=[])
             # Logged, not raised: mitmproxy exits on an error at startup (without a traceback of ours).
             log.error("nsp-proxy: configuration refused:\n%s", exc)
+            if compat.servers_started_before_us():
+                # Python 3.12+: mitmproxy opened its own listener before loading us; end before it forwards.
+                raise SystemExit(1) from None
             return
         self.runtime = Runtime(config, overrides, config_path=path)
         self._apply_listeners()
+        if self.manages_listeners:
+            self._late_listeners = compat.open_listeners_before_running()
         endpoint = self.runtime.metrics_endpoint()
         if endpoint:
             self.runtime.metrics.serve(*endpoint)
         for line in startup_lines(self.runtime.policy, self.runtime.writer.target, endpoint):
             log.info("nsp-proxy: %s", line)
 
-    def running(self) -> None:
+    async def running(self) -> None:
+        if self._late_listeners is not None:  # opened before the end-of-startup error check, as on mitmproxy 11
+            await self._late_listeners
+            self._late_listeners = None
         if self.runtime and self._watch is None:
             loop = asyncio.get_running_loop()
             self._watch = loop.create_task(self.runtime.watch(self._apply_listeners))
@@ -128,7 +138,8 @@ class NspLifecycle:
             # never causes as much as a TCP handshake with the resource behind the proxy.
             # keep_host_header: the inbound gate must see the Host the caller used (it is logged as
             # DestinationFqdn); the gate itself sets the upstream's Host on what it forwards.
-            ctx.options.update(mode=modes, connection_strategy="lazy", keep_host_header=True)
+            # server: `mitmdump -n` keeps mitmdump's own listener shut until the addon opens these (see compat).
+            ctx.options.update(mode=modes, connection_strategy="lazy", keep_host_header=True, server=True)
             self.rewrites_host_header = True
 
 

@@ -1,4 +1,4 @@
-"""nsp-proxy as a mitmproxy script: ``mitmdump -s addons/nsp.py --set nsp_config=perimeter.yaml``.
+"""nsp-proxy as a mitmproxy script: ``mitmdump -n -s addons/nsp.py --set nsp_config=perimeter.yaml``.
 
 The same three addons run under ``nsp-proxy run``; see ``addons.lifecycle`` for the options.
 """

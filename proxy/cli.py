@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", "-v", action="store_true",
                      help="also log each client and server connect/disconnect (quiet by default)")
     run.add_argument("--set", dest="mitm_options", action="append", default=[], metavar="OPTION=VALUE",
-                     help="pass an option to mitmproxy (repeatable), e.g. --set ssl_insecure=true")
+                     help="pass an option to mitmproxy (repeatable), e.g. --set ssl_insecure=true; an "
+                     "option nsp-proxy's trimmed mitmproxy does not have is an error")
     run.set_defaults(handler=_cmd_run)
 
     validate = sub.add_parser("validate", help="check a configuration file and summarise it")
@@ -317,9 +318,8 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: 
     import logging
 
     from mitmproxy import exceptions, options
-    from mitmproxy.addons import termlog
-    from mitmproxy.tools.dump import DumpMaster
 
+    from addons.master import NspMaster
     from addons.nsp import make_addons
 
     logging.getLogger().setLevel(logging.DEBUG)  # as mitmdump does; the terminal log filters by verbosity
@@ -328,14 +328,15 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: 
     if not verbose:
         logging.getLogger("mitmproxy.proxy.server").addFilter(_ConnectionChatter())
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-    master.addons.add(termlog.TermLog(out=sys.stderr))  # stdout belongs to the access log
+    master = NspMaster(opts, log_to=sys.stderr)  # stdout belongs to the access log
     master.addons.add(*make_addons())
     try:
         opts.set(*mitm_options)
         opts.update(**nsp_options)
     except exceptions.OptionsError as exc:
-        print(f"nsp-proxy: {exc}", file=sys.stderr)
+        hint = (" (nsp-proxy run loads only the mitmproxy addons it needs, see README; `mitmdump -s addons/nsp.py` "
+                "has all of mitmproxy's)") if "Unknown option" in str(exc) else ""
+        print(f"nsp-proxy: {exc}{hint}", file=sys.stderr)
         return EXIT_INVALID
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_cancellation)

@@ -22,6 +22,15 @@ from tests.support import (
 )
 
 
+def pytest_report_header() -> str:
+    """Which pair is under test: the suite must pass on each supported mitmproxy/Python pair (README)."""
+    import platform
+
+    from mitmproxy.version import VERSION
+
+    return f"nsp-proxy under test with mitmproxy {VERSION} on Python {platform.python_version()}"
+
+
 @pytest.fixture
 def nsp_proxy(tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
     """``nsp_proxy(config, **kw)`` starts ``nsp-proxy run`` and returns a handle; all are stopped at teardown."""

@@ -30,6 +30,7 @@ import httpx
 import pytest
 import yaml
 
+from addons.compat import EAGER_STARTUP
 from tests.support import (
     REPO,
     Backend,
@@ -96,22 +97,28 @@ def mitmdump_binary() -> str:
     return found
 
 
-# The script's ``addons``/``proxy`` imports come from this checkout, not from an installed copy of nsp-proxy.
-SCRIPT_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+def mitmdump_env() -> dict[str, str]:
+    """mitmdump imports the script's ``addons``/``proxy`` packages from this checkout, never from another
+    installed copy (an editable install may point at a different checkout)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
 
 
-def mitmdump_command(config: Path, workdir: Path, metrics_port: int) -> list[str]:
-    """The README's command line. mitmproxy's own listener options are pinned to loopback and its confdir to
-    ``workdir``, so nothing listens beyond 127.0.0.1 and no CA is written to the home directory."""
-    return [mitmdump_binary(), "-s", "addons/nsp.py",
+def mitmdump_command(config: Path, workdir: Path, metrics_port: int, no_server: bool = True,
+                     default_port: int | None = None) -> list[str]:
+    """The README's command line (``no_server=False``: without its ``-n``). mitmproxy's own listener options are
+    pinned to loopback (port ``default_port``) and its confdir to ``workdir``, so nothing listens beyond
+    127.0.0.1 and no CA is written to the home directory."""
+    return [mitmdump_binary(), *(["-n"] if no_server else []), "-s", "addons/nsp.py",
             "--set", f"nsp_config={config}",
             "--set", f"nsp_access_log={workdir / 'access.jsonl'}",
             "--set", f"nsp_metrics=127.0.0.1:{metrics_port}",
-            "--set", "listen_host=127.0.0.1", "--set", f"listen_port={free_port()}",
+            "--set", "listen_host=127.0.0.1", "--set", f"listen_port={default_port or free_port()}",
             "--set", f"confdir={workdir / 'mitmproxy'}"]
 
 
-def start_mitmdump(config: dict[str, Any], workdir: Path, listen: list[int]) -> RunningProxy:
+def start_mitmdump(config: dict[str, Any], workdir: Path, listen: list[int], no_server: bool = True,
+                   default_port: int | None = None) -> RunningProxy:
     """Start mitmdump with the nsp addon script; its log (stdout and stderr) goes to ``mitmdump.log``.
 
     Returns the same handle ``start_proxy`` does: records, metrics, config edits and SIGTERM work alike."""
@@ -121,8 +128,9 @@ def start_mitmdump(config: dict[str, Any], workdir: Path, listen: list[int]) -> 
     metrics_port = free_port()
     log_path = workdir / "mitmdump.log"
     log = log_path.open("w")
-    process = subprocess.Popen(mitmdump_command(config_path, workdir, metrics_port), cwd=REPO,
-                               stdout=log, stderr=subprocess.STDOUT, env=SCRIPT_ENV)
+    command = mitmdump_command(config_path, workdir, metrics_port, no_server, default_port)
+    process = subprocess.Popen(command, cwd=REPO, env=mitmdump_env(),
+                               stdout=log, stderr=subprocess.STDOUT)
     running = RunningProxy(process, config_path, workdir / "access.jsonl", metrics_port, log_path, log)
     try:
         for port in [metrics_port, *listen]:
@@ -137,8 +145,8 @@ def start_mitmdump(config: dict[str, Any], workdir: Path, listen: list[int]) -> 
 def mitmdump(tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
     started: list[RunningProxy] = []
 
-    def start(config: dict[str, Any], listen: list[int]) -> RunningProxy:
-        proxy = start_mitmdump(config, tmp_path / f"mitmdump{len(started)}", listen)
+    def start(config: dict[str, Any], listen: list[int], **kwargs: Any) -> RunningProxy:
+        proxy = start_mitmdump(config, tmp_path / f"mitmdump{len(started)}", listen, **kwargs)
         started.append(proxy)
         return proxy
 
@@ -240,24 +248,53 @@ def test_mitmdump_script_reloads_the_config_live(mitmdump, backend: Backend) -> 
     assert proxy.process.poll() is None
 
 
-def test_mitmdump_script_refuses_an_invalid_config(tmp_path: Path, backend: Backend) -> None:
+def test_mitmdump_script_without_n_ends_with_only_its_listeners(mitmdump, backend: Backend) -> None:
+    """Without ``-n`` mitmdump's own listener (``listen_port``) is opened by mitmproxy 12 before the script
+    loads; once started, only the configuration's listeners are open, and nothing went through mitmdump's."""
+    locked_port, open_port, default_port = free_port(), free_port(), free_port()
+    proxy = mitmdump(native_config(backend, locked_port, open_port), [locked_port, open_port], no_server=False,
+                     default_port=default_port)
+    assert status(f"http://127.0.0.1:{open_port}/c/blob") == 200
+    assert wait_until(lambda: not port_open(default_port)) is not None, proxy.stderr()
+    assert [path for _, path, _ in backend.hits] == ["/c/blob"]
+    check(exactly(proxy, 1)[0], ALLOWED, "loopback", "open", OPEN_ID)
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("no_server", [
+    pytest.param(True, id="readme-command"),
+    pytest.param(False, id="without-n"),
+])
+def test_mitmdump_script_refuses_an_invalid_config(tmp_path: Path, backend: Backend, no_server: bool) -> None:
     """A config error makes mitmdump exit non-zero at once, naming the file, the field path and the reason;
-    none of the configuration's listeners is opened and no access log is written."""
+    none of the configuration's listeners is opened, no access log is written and nothing is forwarded.
+
+    Without ``-n``, mitmproxy 12 on Python >= 3.12 opens its own listener before it loads the script (see
+    addons/compat.py): there it may accept a connection for an instant, but never forwards a request."""
     locked_port, open_port = free_port(), free_port()
     bad_rules = [{"name": "office", "direction": "Inbound", "addressPrefixes": ["10.0.0.1/8"]}]
     config = native_config(backend, locked_port, open_port, locked_rules=bad_rules)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     metrics_port = free_port()
-    command = mitmdump_command(bad, tmp_path, metrics_port)
+    command = mitmdump_command(bad, tmp_path, metrics_port, no_server)
     default_port = int(command[command.index("--set", command.index("listen_host=127.0.0.1")) + 1].split("=")[1])
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=SCRIPT_ENV)
+    process = subprocess.Popen(command, cwd=REPO, env=mitmdump_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     default_listener_opened = False  # mitmproxy's own default listener (pinned to loopback here) must stay shut
     deadline = time.monotonic() + 15
     while process.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", default_port), timeout=0.2):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", default_port), timeout=0.2) as s:
             default_listener_opened = True
+            s.sendall(f"GET http://127.0.0.1:{backend.port}/leak HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            s.recv(1024)
         time.sleep(0.01)
     if process.poll() is None:
         process.kill()
@@ -265,7 +302,8 @@ def test_mitmdump_script_refuses_an_invalid_config(tmp_path: Path, backend: Back
     stdout, stderr = process.communicate()
     output = stdout + stderr
     assert process.returncode != 0, output
-    assert not default_listener_opened, "mitmdump opened its default listener although the config was refused"
+    if no_server or not EAGER_STARTUP:
+        assert not default_listener_opened, "mitmdump opened its default listener although the config was refused"
     assert "Traceback" not in output, output
     assert "nsp-proxy: configuration refused" in output, output
     assert f"{bad}: perimeters[0].profiles[0].accessRules[0].addressPrefixes[0]" in output, output

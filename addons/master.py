@@ -1,0 +1,114 @@
+"""nsp-proxy's own mitmproxy master for ``nsp-proxy run``: only the addons it needs, and a hook dispatch that
+calls only the addons implementing a hook.
+
+mitmdump's ``DumpMaster`` loads ~35 addons (``mitmproxy.addons.default_addons()`` plus dumper, keepserving,
+readfile, errorcheck) and, for every hook of every flow, asks each of them for the hook (and then again for the
+``update`` hook that follows every flow hook). Most of that work is for features nsp-proxy never uses
+(replay, maplocal, save, the onboarding app, ...). This master keeps the addons that matter for safety and
+correctness (``ESSENTIAL``) and dispatches each hook to a list, computed once per hook name, of the methods
+that implement it. ``mitmdump -s addons/nsp.py`` does not use it: there, mitmdump's own master runs.
+
+Options that belonged to the dropped addons are unknown here: ``--set`` with one is an error, never ignored.
+
+mitmproxy internals used (the same in 11.0 and 12.x; ``tests/test_compat.py`` checks them):
+``Master.__init__`` creating ``self.addons``, ``AddonManager`` (``chain``, ``_iter_hooks``, ``register``,
+``remove``, ``clear``, ``_configure_all``) and ``addonmanager.safecall``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import addonmanager, exceptions, hooks, master, options
+from mitmproxy.addons import (
+    block,
+    core,
+    disable_h2c,
+    errorcheck,
+    next_layer,
+    proxyserver,
+    termlog,
+    tlsconfig,
+    update_alt_svc,
+)
+
+ESSENTIAL: tuple[Callable[[], object], ...] = (
+    core.Core,                    # option checks shared by all (e.g. a valid mode and listen setup)
+    block.Block,                  # block_global/block_private: who may use a forward listener
+    disable_h2c.DisableH2C,       # refuses h2c upgrades and h2 prior knowledge that mitmproxy cannot proxy
+    proxyserver.Proxyserver,      # the listeners and their options
+    next_layer.NextLayer,         # which protocol layer a connection gets
+    tlsconfig.TlsConfig,          # certificates and verification for TLS
+    update_alt_svc.UpdateAltSvc,  # reverse mode: an upstream's Alt-Svc cannot point clients around the proxy
+)
+"""The mitmproxy addons ``nsp-proxy run`` loads, in mitmproxy's default order; ErrorCheck follows them."""
+
+
+class HookDispatch(addonmanager.AddonManager):
+    """An ``AddonManager`` whose ``trigger_event`` calls only the hook methods that exist.
+
+    The list of (addon, method) pairs for a hook name is computed on first use and dropped whenever the set of
+    addons changes. Each call keeps mitmproxy's semantics: sync or async methods, an exception is logged
+    (``safecall``) and the next addon still runs, ``AddonHalt`` stops the dispatch."""
+
+    def __init__(self, owner: master.Master) -> None:
+        super().__init__(owner)
+        self._handlers: dict[str, list[Callable[..., Any]]] = {}
+
+    def register(self, addon: Any) -> Any:
+        self._handlers.clear()
+        try:
+            return super().register(addon)
+        finally:
+            self._handlers.clear()
+
+    def add(self, *addons: Any) -> None:
+        super().add(*addons)
+        self._handlers.clear()
+
+    def remove(self, addon: Any) -> None:
+        self._handlers.clear()
+        super().remove(addon)
+        self._handlers.clear()
+
+    def clear(self) -> None:
+        super().clear()
+        self._handlers.clear()
+
+    def handlers(self, event: hooks.Hook) -> list[Callable[..., Any]]:
+        """The methods implementing ``event``, in chain order."""
+        found = self._handlers.get(event.name)
+        if found is None:
+            found = [func for addon in self.chain for _, func in self._iter_hooks(addon, event)]
+            self._handlers[event.name] = found
+        return found
+
+    async def trigger_event(self, event: hooks.Hook) -> None:
+        handlers = self.handlers(event)
+        if not handlers:
+            return
+        args = event.args()
+        for func in handlers:
+            try:
+                with addonmanager.safecall():
+                    result = func(*args)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+            except exceptions.AddonHalt:
+                return
+
+
+class NspMaster(master.Master):
+    """The master of ``nsp-proxy run``: ``ESSENTIAL`` addons, the terminal log on ``log_to`` and ErrorCheck
+    (mitmproxy exits when an error is logged during startup, e.g. a listener that cannot be opened)."""
+
+    def __init__(self, opts: options.Options, log_to: Any) -> None:
+        super().__init__(opts, with_termlog=False)
+        stock = self.addons
+        self.options.changed.disconnect(stock._configure_all)
+        self.addons = HookDispatch(self)
+        self.addons.add(termlog.TermLog(out=log_to))
+        self.addons.add(*(make() for make in ESSENTIAL))
+        self.addons.add(errorcheck.ErrorCheck())
