@@ -124,6 +124,10 @@ class Settings:
     outbound_listen_host: str | None = None
     outbound_listen_port: int | None = None
     blocked_destination_prefixes: tuple[IPNetwork, ...] = ()
+    # Wire limits (settings.requestLimits): a request over one is refused (431 / 414) before any rule.
+    max_header_bytes: int = 65536  # request line + every header line
+    max_header_count: int = 100
+    max_target_bytes: int = 8192  # the request target (path and query, or absolute form)
 
 
 @dataclass(frozen=True)
