@@ -62,7 +62,7 @@ class WireGuard:
         _strip_upgrade(flow.request)
         if direction is Direction.INBOUND and isinstance(flow.client_conn.proxy_mode, ReverseMode):
             _origin_form(flow)
-        if flow.request.is_http2 or flow.request.is_http3:
+        if flow.client_conn.alpn == b"h2":
             _as_http11(flow.request)
 
     @fail_closed_flow
@@ -121,7 +121,7 @@ def _refusal(flow: http.HTTPFlow, runtime: Runtime) -> Refusal | None:
         expected_http_body_size(request)
     except ValueError as exc:  # mitmproxy answers 400 itself and closes; the hook still runs
         return Refusal(BAD_REQUEST, f"invalid framing: {exc}")
-    h2 = request.is_http2 or request.is_http3
+    h2 = flow.client_conn.alpn == b"h2"  # how it came, not what its request line claims ("GET / HTTP/2.0")
     data = request.data
     if h2 or not data.authority:
         target = data.path

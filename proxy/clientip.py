@@ -6,7 +6,7 @@ first one an untrusted party could not have forged.
 
 Hops are parsed strictly: a hop is exactly an address (``203.0.113.5``, ``2001:db8::1``), optionally with a
 port (``203.0.113.5:443``, ``[2001:db8::1]:443``). Anything else (an unclosed bracket, trailing text, a zone
-id, an empty hop) makes the whole chain malformed, and then only the socket is believed. IPv4-mapped IPv6
+id, an empty hop) where the chain is read makes it malformed, and then only the socket is believed. IPv4-mapped IPv6
 addresses (``::ffff:203.0.113.5``) are the IPv4 address they carry, matched and logged in dotted form.
 """
 
@@ -32,14 +32,16 @@ def effective_client_ip(peer: str, forwarded_for: list[str], trusted: PrefixInde
     if not trusted or not forwarded_for or peer_address is None or not trusted.lookup(peer_address):
         return peer_text
     hops = [hop for header in forwarded_for for hop in header.split(",")]
-    addresses = [parse_hop(hop) for hop in hops]
-    if not addresses or any(a is None for a in addresses):
-        return peer_text  # malformed chain: believe only the socket
-    for address in reversed(addresses):
-        assert address is not None
+    address = None
+    for hop in reversed(hops):
+        address = parse_hop(hop)
+        if address is None:
+            return peer_text  # malformed (or empty) hop where the chain is believed: believe only the socket
         if not trusted.lookup(address):
             return str(address)
-    return str(addresses[0])  # every hop a trusted proxy: the left-most began it
+    # Every hop a trusted proxy: the left-most began it. Hops left of the first untrusted one are never read
+    # (the caller wrote them; a malformed one there must not turn the caller into the trusted proxy).
+    return str(address) if address is not None else peer_text
 
 
 def canonical_ip(text: str) -> str:

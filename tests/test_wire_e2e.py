@@ -1,0 +1,391 @@
+"""End-to-end tests of wire hygiene (addons/wire.py, addons/early.py) on reverse listeners, one table per class.
+
+One proxy serves every mode side by side (Enforced, Transition, Audit, and an Enforced listener that denies),
+in front of one recording keep-alive backend, so that a body smuggled as a second request would be seen as a hit
+of its own. Each case checks the invariant the issue names: every request the backend receives has exactly one
+record naming it, Approved (Audit: logged Denied as Enforced would, and forwarded), and nothing else reaches it;
+a request refused for its wire form has one NspProxyRequestRefused record and reaches nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import Backend, RunningProxy, free_port, start_backend, start_proxy
+from tests.test_inbound_e2e import (
+    ALLOWED,
+    CI_SUBSCRIPTION,
+    DENIED,
+    OFFICE,
+    RESOURCE_ALLOWED,
+    RG,
+    association,
+    perimeter,
+    prefix_rule,
+    status_of,
+    subscription_rule,
+)
+from tests.wire_clients import H2Answer, h2_request, raw_http1, tls_socket
+
+pytestmark = pytest.mark.e2e
+
+REFUSED = "NspProxyRequestRefused"
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+
+# mode -> (profile, what the record of a forwarded request says)
+MODES = {
+    "Enforced": ("open", (ALLOWED, "Approved")),
+    "Transition": ("office", (RESOURCE_ALLOWED, "Approved")),
+    "Audit": ("office", (DENIED, "Denied")),  # Audit logs as Enforced would decide, and never blocks
+}
+
+
+@dataclass
+class Wire:
+    proxy: RunningProxy
+    backend: Backend
+    ports: dict[str, int]  # mode (or "Denied", "Subscription") -> listener port
+
+    def run(self, send: Callable[[int], Any], port: int, settle: float = 0.4) -> tuple[Any, list[dict[str, Any]],
+                                                                                      list[tuple[str, str, str]]]:
+        """``send(port)``, then what it added to the access log and to the backend's hits."""
+        records, hits = len(self.proxy.records()), len(self.backend.hits)
+        result = send(port)
+        time.sleep(settle)
+        return result, self.proxy.records()[records:], self.backend.hits[hits:]
+
+
+@pytest.fixture(scope="module")
+def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wire]:
+    backend = start_backend("recording")
+    backend.keep_alive()
+    ports = {name: free_port() for name in (*MODES, "Denied", "Subscription")}
+    upstream = f"http://127.0.0.1:{backend.port}"
+
+    def assoc(name: str, mode: str, profile: str) -> dict[str, Any]:
+        return association(name.lower(), f"127.0.0.1:{ports[name]}", upstream, mode=mode, profile=profile,
+                           resource_id=f"{RG}/Microsoft.Storage/storageAccounts/{name.lower()}")
+
+    config = {"settings": {"trustedProxies": ["127.0.0.1/32"]}, "perimeters": [perimeter("p1", {
+        "open": [prefix_rule("allow-loopback", "127.0.0.0/8")],
+        "office": [prefix_rule("office", OFFICE, "2001:db8::/32")],
+        "sub": [subscription_rule("allow-ci", CI_SUBSCRIPTION)],
+    }, [*(assoc(m, m, profile) for m, (profile, _) in MODES.items()), assoc("Denied", "Enforced", "office"),
+        assoc("Subscription", "Enforced", "sub")])]}
+    proxy = start_proxy(config, tmp_path_factory.mktemp("wire"))
+    yield Wire(proxy, backend, ports)
+    proxy.stop()
+    backend.stop()
+    assert "Traceback" not in proxy.stderr(), proxy.stderr()[-3000:]
+
+
+def forwarded_once(mode: str, records: list[dict[str, Any]], hits: list[tuple[str, str, str]],
+                   operations: list[str]) -> None:
+    """The backend got exactly ``operations`` and each has exactly one record, the mode's forwarded one."""
+    assert [f"{method} {path.split('?', 1)[0]}" for method, path, _ in hits] == operations
+    assert [r["OperationName"] for r in records] == operations, records
+    for record in records:
+        assert (record["Category"], record["ResultAction"]) == MODES[mode][1], record
+
+
+def refused_once(records: list[dict[str, Any]], hits: list[tuple[str, str, str]], operation: str,
+                 status: int) -> None:
+    assert hits == []
+    assert len(records) == 1, records
+    (record,) = records
+    assert (record["Category"], record["ResultAction"], record["RuleType"], record["OperationName"]) == \
+        (REFUSED, "Denied", "None", operation), record
+    assert f"with {status}" in record["ResultDescription"]
+
+
+def h2(port: int, method: str, path: str, body: bytes | None = None, *, extra: list[tuple[str, str]] = (),
+       trailers: list[tuple[str, str]] | None = None) -> H2Answer:
+    headers = [(":method", method), (":path", path), (":scheme", "https"), (":authority", "localhost"), *extra]
+    with tls_socket(port, ["h2"]) as sock:
+        return h2_request(sock, headers, body, trailers=trailers)
+
+
+def h1(data: bytes) -> Callable[[int], int]:
+    return lambda port: status_of(raw_http1(port, data)[0])
+
+
+# -- 1. HTTP/2 -> HTTP/1 smuggling, and HTTP/1 framing tricks ----------------------------------------------------
+
+SMUGGLING = [
+    # id, send, status, forwarded operations (None: refused with that status, one refusal record)
+    pytest.param(lambda p: h2(p, "POST", "/outer", SMUGGLED * 2).status, 200, ["POST /outer"],
+                 id="h2-body-without-content-length"),
+    pytest.param(lambda p: h2(p, "POST", "/outer", SMUGGLED, extra=[("content-length", str(len(SMUGGLED)))]).status,
+                 200, ["POST /outer"], id="h2-body-with-content-length"),
+    pytest.param(lambda p: h2(p, "GET", "/plain").status, 200, ["GET /plain"], id="h2-no-body"),
+    # h2 itself refuses this before any hook (a connection error): no answer, no record, nothing forwarded
+    pytest.param(lambda p: h2(p, "POST", "/outer", SMUGGLED, extra=[("host", "other.example")]).status, 0, [],
+                 id="h2-host-differs-from-authority"),
+    pytest.param(h1(b"POST /outer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                    b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)), 200, ["POST /outer"], id="h1-chunked"),
+    pytest.param(h1(b"POST /outer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"0\r\n\r\n%s" % (5 + len(SMUGGLED), SMUGGLED)), 400, None, id="h1-content-length-and-chunked"),
+    pytest.param(h1(b"POST /outer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n"
+                    b"0\r\n\r\n" + SMUGGLED), 400, None, id="h1-two-transfer-encodings"),
+    pytest.param(h1(b"POST /outer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + SMUGGLED),
+                 400, None, id="h1-unknown-transfer-encoding"),
+    pytest.param(h1(b"POST /outer HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc" + SMUGGLED), 400, None,
+                 id="h1-content-length-list"),
+]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize(("send", "status", "forwarded"), SMUGGLING)
+def test_no_body_reaches_the_upstream_as_a_request(wire: Wire, mode: str, send: Callable[[int], int], status: int,
+                                                   forwarded: list[str] | None) -> None:
+    got, records, hits = wire.run(send, wire.ports[mode])
+    assert got == status
+    if forwarded is None:
+        refused_once(records, hits, "POST /outer", status)
+    else:
+        forwarded_once(mode, records, hits, forwarded)
+
+
+def test_a_smuggled_body_arrives_whole_as_the_body(wire: Wire) -> None:
+    """The HTTP/2 body without content-length is forwarded chunked and arrives byte for byte as one body."""
+    body = SMUGGLED * 3 + b"tail"
+    _, _, hits = wire.run(lambda p: h2(p, "PUT", "/whole", body), wire.ports["Enforced"])
+    assert [path for _, path, _ in hits] == ["/whole"]
+    assert wire.backend.bodies[-1] == ("/whole", len(body), hashlib.sha256(body).hexdigest())
+
+
+# -- 2. absolute-form targets on a reverse listener ---------------------------------------------------------------
+
+ABSOLUTE = [
+    pytest.param(b"GET http://other.example:443/x?a=1 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+                 "/x?a=1", "other.example:443", id="http-with-port"),
+    pytest.param(b"GET https://other.example/y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "/y",
+                 "other.example", id="https-default-port"),
+    pytest.param(b"GET http://127.0.0.1:1/z HTTP/1.1\r\nHost: 127.0.0.1:1\r\nConnection: close\r\n\r\n", "/z",
+                 "127.0.0.1:1", id="loopback-elsewhere"),
+]
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+@pytest.mark.parametrize(("data", "path", "authority"), ABSOLUTE)
+def test_absolute_form_is_forwarded_in_origin_form(wire: Wire, mode: str, data: bytes, path: str,
+                                                    authority: str) -> None:
+    got, records, hits = wire.run(h1(data), wire.ports[mode])
+    assert got == 200
+    forwarded_once(mode, records, hits, [f"GET {path.split('?', 1)[0]}"])
+    assert hits[0][1] == path  # origin-form reached the upstream
+    assert hits[0][2] == f"127.0.0.1:{wire.backend.port}"  # with the upstream's own Host
+    assert json.loads(records[0]["DestinationParameters"]) == {"requestTargetAuthority": authority}
+
+
+# -- 3. trailers ------------------------------------------------------------------------------------------------
+
+CHUNKED_WITH_TRAILER = (b"POST /trailer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                        b"5\r\nhello\r\n0\r\nx-nsp-subscription-id: " + CI_SUBSCRIPTION.encode() + b"\r\n\r\n")
+H2_TRAILERS = [("x-nsp-subscription-id", CI_SUBSCRIPTION)]
+
+TRAILERS = [
+    # id, listener, send, status, forwarded
+    pytest.param("Enforced", h1(CHUNKED_WITH_TRAILER), 200, ["POST /trailer"], id="h1-allowed-trailer-dropped"),
+    pytest.param("Transition", h1(CHUNKED_WITH_TRAILER), 200, ["POST /trailer"], id="h1-transition"),
+    pytest.param("Subscription", h1(CHUNKED_WITH_TRAILER), 403, [], id="h1-subscription-only-in-trailer"),
+    pytest.param("Enforced", lambda p: h2(p, "POST", "/trailer", b"hello", trailers=H2_TRAILERS).status, 200,
+                 ["POST /trailer"], id="h2-allowed-trailer-dropped"),
+    pytest.param("Subscription", lambda p: h2(p, "POST", "/trailer", b"hello", trailers=H2_TRAILERS).status, 403, [],
+                 id="h2-subscription-only-in-trailer"),
+]
+
+
+@pytest.mark.parametrize(("listener", "send", "status", "forwarded"), TRAILERS)
+def test_trailers_get_a_clean_answer_and_never_count(wire: Wire, listener: str, send: Callable[[int], int],
+                                                     status: int, forwarded: list[str]) -> None:
+    got, records, hits = wire.run(send, wire.ports[listener])
+    assert got == status
+    assert len(records) == 1, records
+    if forwarded:
+        forwarded_once(listener, records, hits, forwarded)
+        assert wire.backend.bodies[-1][1] == 5  # the body, whole, without the trailer
+    else:
+        assert hits == []
+        assert (records[0]["Category"], records[0]["ResultAction"]) == (DENIED, "Denied")
+
+
+# -- 4. refused framing and wire forms ----------------------------------------------------------------------------
+
+REFUSED_FORMS = [
+    # id, request, status, operation
+    pytest.param(b"GET /space HTTP/1.1\r\nHost : x\r\n\r\n", 400, "GET /space", id="space-before-colon"),
+    pytest.param(b"GET /fold HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400, "GET /fold", id="obs-fold"),
+    pytest.param(b"GET /fold HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tb\r\n\r\n", 400, "GET /fold", id="obs-fold-tab"),
+    pytest.param(b"POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "POST /cl", id="bad-length"),
+    pytest.param(b"POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello", 400, "POST /cl",
+                 id="signed-length"),
+    pytest.param(b"GET /auth HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n", 400,
+                 "GET /auth", id="two-authorization-headers"),
+    pytest.param(b"GET /hosts HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, "GET /hosts", id="two-host-headers"),
+    pytest.param(b"GET /v2 HTTP/2.0\r\nHost: x\r\n\r\n", 400, "GET /v2", id="http2-request-line-on-http1"),
+]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize(("data", "status", "operation"), REFUSED_FORMS)
+def test_refused_wire_forms_are_never_approved(wire: Wire, mode: str, data: bytes, status: int,
+                                               operation: str) -> None:
+    got, records, hits = wire.run(h1(data), wire.ports[mode])
+    assert got == status
+    refused_once(records, hits, operation, status)
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+def test_prior_knowledge_preface_on_a_plain_listener(wire: Wire, mode: str) -> None:
+    """``PRI * HTTP/2.0``: refused with one refusal record; mitmproxy then closes the connection unanswered."""
+    (answer, closed), records, hits = wire.run(lambda p: raw_http1(p, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+                                               wire.ports[mode])
+    assert closed and not answer.startswith(b"HTTP/1.1 2")
+    refused_once(records, hits, "PRI *", 400)
+
+
+UPGRADES = [
+    # id, Connection, Upgrade, what reaches the upstream (connection, upgrade)
+    pytest.param("Upgrade, HTTP2-Settings", "h2c", (None, None), id="h2c"),
+    pytest.param("upgrade, http2-settings", "H2C", (None, None), id="h2c-upper-case"),
+    pytest.param("keep-alive, Upgrade", "foo/1, h2c", ("keep-alive", None), id="h2c-in-a-list"),
+    pytest.param("Upgrade", "websocket, h2c", ("Upgrade", "websocket"), id="websocket-kept"),
+]
+
+
+@pytest.mark.parametrize(("connection", "upgrade", "upstream"), UPGRADES)
+def test_upgrade_h2c_never_reaches_the_upstream(wire: Wire, connection: str, upgrade: str,
+                                                upstream: tuple[str | None, str | None]) -> None:
+    data = (f"GET /up HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\nUpgrade: {upgrade}\r\n"
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").encode()
+    got, records, hits = wire.run(lambda p: status_of(raw_http1(p, data, timeout=2)[0]), wire.ports["Enforced"])
+    assert got == 200
+    forwarded_once("Enforced", records, hits, ["GET /up"])
+    seen = wire.backend.headers[-1]
+    assert (seen.get("connection"), seen.get("upgrade")) == upstream
+    assert "http2-settings" not in seen
+
+
+# -- 5. a denied caller costs nothing -------------------------------------------------------------------------------
+
+BIG = 200 * 1024 * 1024
+DENIED_UPLOADS = [
+    pytest.param(f"PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\nExpect: 100-continue\r\n\r\n".encode(),
+                 id="expect-100-continue"),
+    pytest.param(f"PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\n\r\n".encode() + b"x" * 65536,
+                 id="body-still-coming"),
+    pytest.param(b"PUT /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+                 id="chunked-expect"),
+]
+
+
+@pytest.mark.parametrize("data", DENIED_UPLOADS)
+def test_a_denied_upload_is_answered_at_once_and_never_read(wire: Wire, data: bytes) -> None:
+    """403 right after the headers (never 100 Continue), then the connection is closed: the body is not awaited."""
+    started = time.monotonic()
+    (answer, closed), records, hits = wire.run(lambda p: raw_http1(p, data, timeout=10), wire.ports["Denied"])
+    assert status_of(answer) == 403
+    assert b"100 Continue" not in answer
+    assert closed
+    assert time.monotonic() - started < 5
+    assert hits == []
+    assert [(r["OperationName"], r["ResultAction"]) for r in records] == [("PUT /big", "Denied")]
+
+
+def test_a_denied_http2_upload_is_answered_before_its_body(wire: Wire) -> None:
+    answer, records, hits = wire.run(lambda p: h2(p, "PUT", "/big", b"y" * (4 * 1024 * 1024)), wire.ports["Denied"])
+    assert answer.status == 403
+    assert hits == []
+    assert [(r["OperationName"], r["ResultAction"]) for r in records] == [("PUT /big", "Denied")]
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+def test_a_50_mb_allowed_upload_arrives_intact(wire: Wire, mode: str) -> None:
+    piece = hashlib.sha256(mode.encode()).digest() * 2048  # 64 KiB
+    digest = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(800):  # 50 MiB
+            digest.update(piece)
+            yield piece
+
+    def upload(port: int) -> int:
+        with httpx.Client(timeout=60) as client:
+            return client.put(f"http://127.0.0.1:{port}/fifty", content=chunks()).status_code
+
+    got, records, hits = wire.run(upload, wire.ports[mode])
+    assert got == 200
+    forwarded_once(mode, records, hits, ["PUT /fifty"])
+    assert wire.backend.bodies[-1] == ("/fifty", 800 * len(piece), digest.hexdigest())
+
+
+# -- 6. limits ---------------------------------------------------------------------------------------------------
+
+LIMITS = [
+    pytest.param(b"GET /many HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(101)) + b"\r\n",
+                 431, "GET /many", id="header-count"),
+    pytest.param(b"GET /big HTTP/1.1\r\nHost: x\r\nx-big: " + b"v" * 70_000 + b"\r\n\r\n", 431, "GET /big",
+                 id="header-bytes"),
+    pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "GET /" + "a" * 9000, id="target"),
+    pytest.param(b"GET /q?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "GET /q", id="target-query"),
+]
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+@pytest.mark.parametrize(("data", "status", "operation"), LIMITS)
+def test_header_and_target_limits(wire: Wire, mode: str, data: bytes, status: int, operation: str) -> None:
+    got, records, hits = wire.run(h1(data), wire.ports[mode])
+    assert got == status
+    refused_once(records, hits, operation, status)
+
+
+def test_limits_are_configurable(nsp_proxy: Callable[..., RunningProxy], backend: Backend) -> None:
+    port = free_port()
+    proxy = nsp_proxy({"settings": {"requestLimits": {"headerCount": 10, "targetBytes": 300}},
+                       "perimeters": [perimeter("p1", {"prof": [prefix_rule("lo", "127.0.0.0/8")]}, [
+                           association("s", f"127.0.0.1:{port}", f"http://127.0.0.1:{backend.port}")])]})
+    headers = b"".join(b"x-h%d: v\r\n" % i for i in range(12))
+    assert h1(b"GET /a HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")(port) == 431
+    assert h1(b"GET /" + b"b" * 400 + b" HTTP/1.1\r\nHost: x\r\n\r\n")(port) == 414
+    assert h1(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")(port) == 200
+    assert [r["Category"] for r in proxy.wait_for_records(3)] == [REFUSED, REFUSED, ALLOWED]
+
+
+# -- 7. X-Forwarded-For, strictly ---------------------------------------------------------------------------------
+
+XFF = [
+    # id, X-Forwarded-For (the socket peer 127.0.0.1 is trusted), status on the office listener, logged source
+    pytest.param("203.0.113.55", 200, "203.0.113.55", id="office-address"),
+    pytest.param("::ffff:203.0.113.5", 200, "203.0.113.5", id="ipv4-mapped-dotted"),
+    pytest.param("::ffff:cb00:7105", 200, "203.0.113.5", id="ipv4-mapped-hex"),
+    pytest.param("[2001:db8::1]:443", 200, "2001:db8::1", id="bracketed-v6-with-port"),
+    pytest.param("[2001:db8::1", 403, "127.0.0.1", id="unclosed-bracket"),
+    pytest.param("[203.0.113.55", 403, "127.0.0.1", id="unclosed-bracket-v4"),
+    pytest.param("203.0.113.55 junk", 403, "127.0.0.1", id="trailing-garbage"),
+    pytest.param("203.0.113.55x", 403, "127.0.0.1", id="trailing-letter"),
+    pytest.param("2001:db8::1%eth0", 403, "127.0.0.1", id="zone-id"),
+    pytest.param("203.0.113.55,,", 403, "127.0.0.1", id="empty-hop"),
+    pytest.param("203.0.113.055", 403, "127.0.0.1", id="leading-zero"),
+]
+
+
+@pytest.mark.parametrize(("forwarded", "status", "source"), XFF)
+def test_x_forwarded_for_hops_are_parsed_strictly(wire: Wire, forwarded: str, status: int, source: str) -> None:
+    def get(port: int) -> int:
+        return httpx.get(f"http://127.0.0.1:{port}/xff", headers={"x-forwarded-for": forwarded}).status_code
+
+    got, records, hits = wire.run(get, wire.ports["Denied"])  # only the office rule: 203.0.113.0/24, 2001:db8::/32
+    assert got == status
+    assert len(hits) == (status == 200)
+    (record,) = records
+    assert record["SourceIpAddress"] == source
+    assert record["ResultAction"] == ("Approved" if status == 200 else "Denied")
