@@ -19,11 +19,11 @@ HOST = [(b"Host", b"x")]
 HEADS = [
     # id, method, target, fields, keyword args, expected (status, words in the reason) or None
     pytest.param("GET", b"/", HOST, {}, None, id="plain"),
-    pytest.param("GET", b"/", HOST + [(b"X-A", b"a\r\n b")], {}, (400, "obs-fold"), id="obs-fold"),
-    pytest.param("GET", b"/", HOST + [(b"X-A", b"a\x00")], {}, (400, "control"), id="nul-in-value"),
-    pytest.param("GET", b"/", HOST + [(b"Authorization", b"a"), (b"authorization", b"b")], {},
+    pytest.param("GET", b"/", [*HOST, (b"X-A", b"a\r\n b")], {}, (400, "obs-fold"), id="obs-fold"),
+    pytest.param("GET", b"/", [*HOST, (b"X-A", b"a\x00")], {}, (400, "control"), id="nul-in-value"),
+    pytest.param("GET", b"/", [*HOST, (b"Authorization", b"a"), (b"authorization", b"b")], {},
                  (400, "Authorization"), id="two-authorization"),
-    pytest.param("GET", b"/", HOST + [(b"authorization", b"Bearer x")], {}, None, id="one-authorization"),
+    pytest.param("GET", b"/", [*HOST, (b"authorization", b"Bearer x")], {}, None, id="one-authorization"),
     pytest.param("GET", b"/", HOST + HOST, {}, (400, "Host"), id="two-hosts"),
     pytest.param("PRI", b"*", [], {"http_version": "HTTP/2.0"}, (400, "PRI"), id="preface"),
     pytest.param("GET", b"/", HOST, {"http_version": "HTTP/2.0"}, (400, "HTTP/1 connection"),
@@ -33,7 +33,7 @@ HEADS = [
     pytest.param("GET", b"/", [(b"host", b"A")], {"http_version": "HTTP/2.0", "h2_authority": b"a"}, None,
                  id="h2-host-same-name"),
     pytest.param("GET", b"/", [(b"x-%d" % i, b"v") for i in range(101)], {}, (431, "headerCount"), id="count"),
-    pytest.param("GET", b"/", HOST + [(b"x", b"v" * 65536)], {}, (431, "headerBytes"), id="bytes"),
+    pytest.param("GET", b"/", [*HOST, (b"x", b"v" * 65536)], {}, (431, "headerBytes"), id="bytes"),
     pytest.param("GET", b"/" + b"a" * 8192, HOST, {}, (414, "targetBytes"), id="target"),
     pytest.param("GET", b"/" + b"a" * 8191, HOST, {}, None, id="target-at-limit"),
 ]

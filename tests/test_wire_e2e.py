@@ -9,17 +9,31 @@ a request refused for its wire form has one NspProxyRequestRefused record and re
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from azure.storage.blob import AccountSasPermissions, ContainerClient, ResourceTypes, generate_account_sas
 
-from tests.support import Backend, RunningProxy, free_port, start_backend, start_proxy
+from tests.support import (
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    Azurite,
+    Backend,
+    RunningProxy,
+    blob_connection_string,
+    exactly,
+    free_port,
+    start_backend,
+    start_proxy,
+)
 from tests.test_inbound_e2e import (
     ALLOWED,
     CI_SUBSCRIPTION,
@@ -389,3 +403,35 @@ def test_x_forwarded_for_hops_are_parsed_strictly(wire: Wire, forwarded: str, st
     (record,) = records
     assert record["SourceIpAddress"] == source
     assert record["ResultAction"] == ("Approved" if status == 200 else "Denied")
+
+
+# -- the issue's own probe, against Azurite ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+def test_a_smuggled_create_container_never_reaches_azurite(nsp_proxy: Callable[..., RunningProxy],
+                                                           azurite: Azurite, mode: str) -> None:
+    """An HTTP/2 request whose body is a SAS-authorised ``PUT ...?restype=container`` (no content-length): the
+    container is never created, Azurite sees one request (the outer one), and the log has one record for it."""
+    port = free_port()
+    rules = [prefix_rule("allow-loopback", "127.0.0.0/8")] if mode == "Enforced" else [prefix_rule("o", OFFICE)]
+    proxy = nsp_proxy({"perimeters": [perimeter("p1", {"prof": rules}, [
+        association("store", f"127.0.0.1:{port}", f"http://127.0.0.1:{azurite.port}", mode=mode)])]})
+    name = f"smuggled{uuid.uuid4().hex[:12]}"
+    sas = generate_account_sas(AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(service=True, container=True),
+                               AccountSasPermissions(read=True, write=True, create=True),
+                               expiry=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    inner = (f"PUT /{AZURITE_ACCOUNT}/{name}?restype=container&{sas} HTTP/1.1\r\nHost: 127.0.0.1:{azurite.port}\r\n"
+             "x-ms-version: 2021-08-06\r\nContent-Length: 0\r\n\r\n").encode()
+    direct = ContainerClient.from_connection_string(blob_connection_string(azurite.port), name)
+    probe = httpx.put(f"http://127.0.0.1:{azurite.port}/{AZURITE_ACCOUNT}/{name}probe?restype=container&{sas}",
+                      headers={"x-ms-version": "2021-08-06"})
+    assert probe.status_code == 201, "the inner request alone must work, or this test proves nothing"
+
+    answer = h2(port, "POST", f"/{AZURITE_ACCOUNT}/outer?comp=x", inner * 3)
+
+    assert answer.status != 0
+    (record,) = exactly(proxy, 1)
+    assert record["OperationName"] == f"POST /{AZURITE_ACCOUNT}/outer"
+    time.sleep(0.5)
+    assert not direct.exists(), "the smuggled request created the container"
