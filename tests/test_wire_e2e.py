@@ -12,10 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,6 +49,10 @@ from tests.test_inbound_e2e import (
     status_of,
     subscription_rule,
 )
+from tests.test_outbound_e2e import association as outbound_association
+from tests.test_outbound_e2e import config as outbound_config
+from tests.test_outbound_e2e import open_tunnel, self_signed
+from tests.test_outbound_e2e import perimeter as outbound_perimeter
 from tests.wire_clients import H2Answer, h2_request, raw_http1, tls_socket
 
 pytestmark = pytest.mark.e2e
@@ -435,3 +441,48 @@ def test_a_smuggled_create_container_never_reaches_azurite(nsp_proxy: Callable[.
     assert record["OperationName"] == f"POST /{AZURITE_ACCOUNT}/outer"
     time.sleep(0.5)
     assert not direct.exists(), "the smuggled request created the container"
+
+
+# -- inside intercepted outbound tunnels ---------------------------------------------------------------------------
+
+TUNNEL_SMUGGLING = [
+    pytest.param(None, ["POST /outer"], id="h2-body-without-content-length"),
+    pytest.param(str(len(SMUGGLED * 2)), ["POST /outer"], id="h2-body-with-content-length"),
+]
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+@pytest.mark.parametrize(("length", "forwarded"), TUNNEL_SMUGGLING)
+def test_no_body_reaches_the_upstream_as_a_request_in_an_intercepted_tunnel(
+        nsp_proxy: Callable[..., RunningProxy], dnsmasq: Callable[..., Any], tmp_path: Path, mode: str,
+        length: str | None, forwarded: list[str]) -> None:
+    """CONNECT to an allowed name with interceptTls, HTTP/2 inside TLS to the proxy, HTTP/1.1 to the upstream: the
+    body is framed, the keep-alive upstream sees one request, and the tunnel's one record stays the only one."""
+    cert = self_signed(tmp_path, "api.allowed.test")
+    backend = start_backend("tunnelled", host="127.0.0.2", tls=cert.server)
+    backend.keep_alive()
+    try:
+        dns = dnsmasq({"api.allowed.test": "127.0.0.2"})
+        fwd = free_port()
+        fqdns = ["api.allowed.test"] if mode == "Enforced" else ["other.test"]
+        proxy = nsp_proxy(outbound_config(dns.port, outbound_perimeter("p1", fqdns, [
+            outbound_association("app", mode=mode, outboundListen=f"127.0.0.1:{fwd}")]), interceptTls=True),
+            extra_args=["--set", f"confdir={tmp_path / 'mitmproxy'}",
+                        "--set", f"ssl_verify_upstream_trusted_ca={cert.ca_file}"])
+        sock, status = open_tunnel(fwd, "api.allowed.test", backend.port)
+        assert " 200 " in status + " ", status
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(["h2"])
+        with context.wrap_socket(sock, server_hostname="api.allowed.test") as tls:
+            extra = [("content-length", length)] if length else []
+            answer = h2_request(tls, [(":method", "POST"), (":path", "/outer"), (":scheme", "https"),
+                                      (":authority", f"api.allowed.test:{backend.port}"), *extra], SMUGGLED * 2)
+        assert answer.status == 200
+        time.sleep(0.4)
+        assert [f"{m} {p}" for m, p, _ in backend.hits] == forwarded
+        assert backend.bodies[-1][1] == len(SMUGGLED * 2)
+        assert [r["OperationName"] for r in proxy.records()] == [f"CONNECT api.allowed.test:{backend.port}"]
+    finally:
+        backend.stop()
