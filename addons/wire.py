@@ -27,7 +27,7 @@ from addons.inbound import NAMED_AUTHORITY, inbound_facts
 from addons.lifecycle import NspLifecycle
 from proxy.decision import OutboundFacts
 from proxy.engine import attribute_outbound
-from proxy.model import Direction
+from proxy.model import Direction, Settings
 from proxy.runtime import Runtime
 from proxy.wire import (
     BAD_REQUEST,
@@ -47,7 +47,11 @@ class WireGuard:
         self.lifecycle = lifecycle
 
     def load(self, loader: Loader) -> None:
-        early.install()
+        early.install(self._head_limit)
+
+    def _head_limit(self) -> int:
+        runtime = self.lifecycle.runtime
+        return runtime.policy.config.settings.max_header_bytes if runtime else Settings().max_header_bytes
 
     @fail_closed_flow
     def requestheaders(self, flow: http.HTTPFlow) -> None:

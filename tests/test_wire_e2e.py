@@ -486,3 +486,15 @@ def test_no_body_reaches_the_upstream_as_a_request_in_an_intercepted_tunnel(
         assert [r["OperationName"] for r in proxy.records()] == [f"CONNECT api.allowed.test:{backend.port}"]
     finally:
         backend.stop()
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+def test_a_head_that_never_ends_is_cut_off(wire: Wire, mode: str) -> None:
+    """Header bytes without the blank line: 431 and closed once past the limit, no record (nothing parsed)."""
+    def send(port: int) -> tuple[bytes, bool]:
+        endless = b"GET /endless HTTP/1.1\r\nHost: x\r\n" + b"x-filler: " + b"v" * 200_000
+        return raw_http1(port, endless, timeout=5)
+
+    (answer, closed), records, hits = wire.run(send, wire.ports[mode])
+    assert status_of(answer) == 431 and closed
+    assert records == [] and hits == []
