@@ -19,6 +19,7 @@ import logging
 from mitmproxy import http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http.http1 import expected_http_body_size
+from mitmproxy.net.http.validate import validate_headers
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons import early
@@ -122,8 +123,9 @@ def _refusal(flow: http.HTTPFlow, runtime: Runtime) -> Refusal | None:
         return Refusal(BAD_REQUEST, f"mitmproxy refused it: {flow.error.msg.split('. Disable', 1)[0]}")
     request = flow.request
     try:
-        expected_http_body_size(request)
-    except ValueError as exc:  # mitmproxy answers 400 itself and closes; the hook still runs
+        expected_http_body_size(request)  # raises where mitmproxy answers 400 itself (the hook still runs)
+        validate_headers(request)  # what mitmproxy checks unless validate_inbound_headers is turned off
+    except ValueError as exc:
         return Refusal(BAD_REQUEST, f"invalid framing: {exc}")
     h2 = flow.client_conn.alpn == b"h2"  # how it came, not what its request line claims ("GET / HTTP/2.0")
     data = request.data

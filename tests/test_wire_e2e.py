@@ -498,3 +498,37 @@ def test_a_head_that_never_ends_is_cut_off(wire: Wire, mode: str) -> None:
     (answer, closed), records, hits = wire.run(send, wire.ports[mode])
     assert status_of(answer) == 431 and closed
     assert records == [] and hits == []
+
+
+# -- forward listeners go through the same guard -------------------------------------------------------------------
+
+FORWARD_REFUSED = [
+    pytest.param(b"GET http://api.allowed.test/f HTTP/1.1\r\nHost: api.allowed.test\r\nX-A: a\r\n b\r\n\r\n", 400,
+                 id="obs-fold"),
+    pytest.param(b"POST http://api.allowed.test/f HTTP/1.1\r\nHost: api.allowed.test\r\nContent-Length: 1\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, id="content-length-and-chunked"),
+    pytest.param(b"GET http://api.allowed.test/f HTTP/1.1\r\nHost: api.allowed.test\r\nAuthorization: a\r\n"
+                 b"Authorization: b\r\n\r\n", 400, id="two-authorization-headers"),
+    pytest.param(b"CONNECT api.allowed.test:443 HTTP/1.1\r\nHost: api.allowed.test:443\r\nX-A: a\r\n b\r\n\r\n", 400,
+                 id="connect-obs-fold"),
+    pytest.param(b"GET http://api.allowed.test/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n", 414,
+                 id="target"),
+]
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+def test_forward_listeners_refuse_the_same_wire_forms(nsp_proxy: Callable[..., RunningProxy],
+                                                      dnsmasq: Callable[..., Any], mode: str) -> None:
+    """Each refused before the outbound gate: one Outbound refusal record, and the name is never even resolved."""
+    dns = dnsmasq({"api.allowed.test": "127.0.0.2"})
+    fwd = free_port()
+    proxy = nsp_proxy(outbound_config(dns.port, outbound_perimeter("p1", ["api.allowed.test"], [
+        outbound_association("app", mode=mode, outboundListen=f"127.0.0.1:{fwd}")])))
+    for case in FORWARD_REFUSED:
+        data, status = case.values
+        assert status_of(raw_http1(fwd, data)[0]) == status, case.id
+    records = exactly(proxy, len(FORWARD_REFUSED))
+    for record in records:
+        assert (record["Category"], record["ResultAction"], record["ResultDirection"]) == \
+            (REFUSED, "Denied", "Outbound"), record
+    assert not dns.queried("api.allowed.test")
