@@ -5,10 +5,20 @@ The same addons run under ``nsp-proxy run``; see ``addons.lifecycle`` for the op
 
 from __future__ import annotations
 
-from addons.inbound import InboundGate
-from addons.lifecycle import NspLifecycle
-from addons.outbound import OutboundGate
-from addons.wire import WireFinish, WireGuard
+import sys
+from pathlib import Path
+
+# The script imports the package it ships with, even when another copy of nsp-proxy is installed (a checkout
+# next to an installed release, or a worktree next to an editable install): a script from one tree with modules
+# from another would run a mixture nobody tested.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
+
+from addons.inbound import InboundGate  # noqa: E402
+from addons.lifecycle import NspLifecycle  # noqa: E402
+from addons.outbound import OutboundGate  # noqa: E402
+from addons.wire import WireFinish, WireGuard  # noqa: E402
 
 
 def make_addons() -> list[object]:
