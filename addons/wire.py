@@ -26,6 +26,7 @@ from addons import early
 from addons.failsafe import REFUSED, fail_closed_flow
 from addons.inbound import NAMED_AUTHORITY, inbound_facts
 from addons.lifecycle import NspLifecycle
+from proxy.clientip import canonical_ip
 from proxy.decision import OutboundFacts
 from proxy.engine import attribute_outbound
 from proxy.model import Direction, Settings
@@ -150,7 +151,7 @@ def _refuse(flow: http.HTTPFlow, runtime: Runtime, direction: Direction, refusal
             else f"{request.method} {path}"
     else:
         peer_ip, peer_port = flow.client_conn.peername[:2]
-        source_ip = peer_ip[7:] if peer_ip.lower().startswith("::ffff:") and "." in peer_ip else peer_ip
+        source_ip = canonical_ip(peer_ip)
         resource = attribute_outbound(runtime.policy, flow.client_conn.proxy_mode.custom_listen_port or 0,
                                       source_ip)
         facts = OutboundFacts(resource=resource, source_ip=source_ip, source_port=peer_port,
