@@ -56,6 +56,10 @@ def check_head(method: str, target: bytes, fields: Sequence[tuple[bytes, bytes]]
         return Refusal(BAD_REQUEST, "an HTTP/2 connection preface (PRI *) where HTTP/1 or a TLS handshake was due")
     if h2_authority is None and http_version.upper() not in ("HTTP/1.0", "HTTP/1.1"):
         return Refusal(BAD_REQUEST, f"{_show(http_version.encode())} request line on an HTTP/1 connection")
+    if any(byte < 0x21 or byte == 0x7F for byte in target):
+        return Refusal(BAD_REQUEST, "a control character or space in the request target")
+    if h2_authority is not None and method != "CONNECT" and not (target.startswith(b"/") or target == b"*"):
+        return Refusal(BAD_REQUEST, f"HTTP/2 :path {_show(target)} is not a path (origin-form) or *")
     for name, value in fields:
         if b"\r" in value or b"\n" in value or b"\x00" in value:
             return Refusal(BAD_REQUEST, f"header {_show(name)} is folded over several lines (obs-fold) or holds "
