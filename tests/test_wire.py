@@ -5,10 +5,13 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.clientip import canonical_ip, effective_client_ip, parse_hop
+from proxy.config import parse_config_text
+from proxy.errors import ConfigError
 from proxy.indexes import PrefixIndex
 from proxy.model import Settings
 from proxy.wire import check_head, kept_connection, kept_upgrade
@@ -126,3 +129,31 @@ def test_a_mapped_socket_peer_is_canonical() -> None:
     assert canonical_ip("::ffff:127.0.0.1") == "127.0.0.1"
     assert canonical_ip("::1") == "::1"
     assert effective_client_ip("::ffff:127.0.0.1", ["::ffff:203.0.113.5"], TRUSTED) == "203.0.113.5"
+
+
+# -- settings.requestLimits ------------------------------------------------------------------------------------------
+
+LIMIT_SETTINGS = [
+    pytest.param({}, (65536, 100, 8192), None, id="defaults"),
+    pytest.param({"headerBytes": 4096, "headerCount": 20, "targetBytes": 1024}, (4096, 20, 1024), None, id="set"),
+    pytest.param({"headerBytes": 10}, None, "settings.requestLimits.headerBytes", id="too-small"),
+    pytest.param({"headerCount": "many"}, None, "settings.requestLimits.headerCount", id="not-a-number"),
+    pytest.param({"targetBytes": True}, None, "settings.requestLimits.targetBytes", id="boolean"),
+    pytest.param({"header_bytes": 4096}, None, "settings.requestLimits", id="unknown-key"),
+]
+
+
+@pytest.mark.parametrize(("limits", "expected", "error_path"), LIMIT_SETTINGS)
+def test_request_limits_settings(limits: dict, expected: tuple[int, int, int] | None, error_path: str | None) -> None:
+    document = {"settings": {"requestLimits": limits}, "perimeters": [{"name": "p", "profiles": [{"name": "x"}],
+                "resourceAssociations": [{"name": "a", "profile": "x", "privateLinkResource": {
+                    "id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/"
+                          "Microsoft.Storage/storageAccounts/a"}, "local": {"listen": "127.0.0.1:10100",
+                                                                           "upstream": "http://127.0.0.1:1"}}]}]}
+    if expected is None:
+        with pytest.raises(ConfigError) as caught:
+            parse_config_text(yaml.safe_dump(document), "limits.yaml")
+        assert error_path in str(caught.value)
+        return
+    settings = parse_config_text(yaml.safe_dump(document), "limits.yaml").settings
+    assert (settings.max_header_bytes, settings.max_header_count, settings.max_target_bytes) == expected
