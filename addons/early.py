@@ -62,6 +62,8 @@ def install(head_limit: Callable[[], int]) -> None:
             flow.response.headers["connection"] = "close"
         self.client_state = self.state_errored  # what is still sent is dropped as it arrives
         yield from self.send_response()
+        if self.server_state != self.state_done:
+            return  # the caller went away meanwhile (send_response saw the flow killed): nothing left to answer
         yield http_layers.SendHttp(http_layers.ResponseEndOfMessage(self.stream_id), self.context.client)
         if http1:
             yield commands.CloseTcpConnection(self.context.client, half_close=True)
