@@ -87,7 +87,7 @@ class WireGuard:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and self._ours(flow):
-            flow.response.stream = True  # never hold a response body in memory
+            flow.response.stream = nonempty  # never hold a response body in memory
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response.trailers and flow.client_conn.alpn != b"h2" \
@@ -111,7 +111,14 @@ class WireFinish:
             # Answered here (denied, refused, failed closed): the caller must not be told to send its body.
             flow.request.headers.pop("expect", None)
             return
-        flow.request.stream = True  # the body goes upstream as it arrives, never held whole in memory
+        flow.request.stream = nonempty  # the body goes upstream as it arrives, never held whole in memory
+
+
+def nonempty(data: bytes) -> list[bytes]:
+    """A streamed body's pieces, without empty ones: mitmproxy writes an empty piece to a chunked HTTP/1 peer as
+    ``0\r\n\r\n``, the end of the body, so an empty HTTP/2 DATA frame in the middle of a request would end
+    it early and the rest would be read upstream as the next request."""
+    return [data] if data else []
 
 
 # -- refusing -------------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def refused_once(records: list[dict[str, Any]], hits: list[tuple[str, str, str]]
     assert f"with {status}" in record["ResultDescription"]
 
 
-def h2(port: int, method: str, path: str, body: bytes | None = None, *, extra: list[tuple[str, str]] = (),
+def h2(port: int, method: str, path: str, body: bytes | list[bytes] | None = None, *, extra: list[tuple[str, str]] = (),
        trailers: list[tuple[str, str]] | None = None) -> H2Answer:
     headers = [(":method", method), (":path", path), (":scheme", "https"), (":authority", "localhost"), *extra]
     with tls_socket(port, ["h2"]) as sock:
@@ -146,6 +146,8 @@ SMUGGLING = [
     pytest.param(lambda p: h2(p, "POST", "/outer", SMUGGLED, extra=[("content-length", str(len(SMUGGLED)))]).status,
                  200, ["POST /outer"], id="h2-body-with-content-length"),
     pytest.param(lambda p: h2(p, "GET", "/plain").status, 200, ["GET /plain"], id="h2-no-body"),
+    pytest.param(lambda p: h2(p, "POST", "/outer", [b"abc", b"", SMUGGLED, b"", b""]).status, 200, ["POST /outer"],
+                 id="h2-empty-data-frames-mid-body"),
     pytest.param(lambda p: h2(p, "POST", "http://other.example/outer", SMUGGLED).status, 400,
                  "POST http://other.example/outer",
                  id="h2-path-is-a-full-url"),
@@ -184,6 +186,15 @@ def test_a_smuggled_body_arrives_whole_as_the_body(wire: Wire) -> None:
     _, _, hits = wire.run(lambda p: h2(p, "PUT", "/whole", body), wire.ports["Enforced"])
     assert [path for _, path, _ in hits] == ["/whole"]
     assert wire.backend.bodies[-1] == ("/whole", len(body), hashlib.sha256(body).hexdigest())
+
+
+def test_empty_http2_data_frames_do_not_end_the_body(wire: Wire) -> None:
+    """mitmproxy writes an empty streamed piece to a chunked upstream as the last chunk: they are dropped."""
+    pieces = [b"abc", b"", SMUGGLED, b"", b"xyz", b""]
+    _, _, hits = wire.run(lambda p: h2(p, "PUT", "/frames", pieces), wire.ports["Enforced"])
+    body = b"".join(pieces)
+    assert [path for _, path, _ in hits] == ["/frames"]
+    assert wire.backend.bodies[-1] == ("/frames", len(body), hashlib.sha256(body).hexdigest())
 
 
 # -- 2. absolute-form targets on a reverse listener ---------------------------------------------------------------

@@ -35,10 +35,11 @@ def tls_socket(port: int, alpn: list[str], host: str = "127.0.0.1", timeout: flo
     return context.wrap_socket(socket.create_connection((host, port), timeout=timeout), server_hostname="localhost")
 
 
-def h2_request(sock: ssl.SSLSocket, headers: list[tuple[str, str]], body: bytes | None = None, *,
+def h2_request(sock: ssl.SSLSocket, headers: list[tuple[str, str]], body: bytes | list[bytes] | None = None, *,
                trailers: list[tuple[str, str]] | None = None, timeout: float = 15.0) -> H2Answer:
     """One HTTP/2 request on a fresh TLS connection: headers, then ``body`` (if any), then ``trailers``; the body
-    is sent as flow control allows while the answer is read, so an early answer is seen before the body ends."""
+    is sent as flow control allows while the answer is read, so an early answer is seen before the body ends.
+    A list ``body`` is sent one DATA frame per item, empty ones included."""
     assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False))
     conn.initiate_connection()
@@ -81,9 +82,11 @@ def h2_request(sock: ssl.SSLSocket, headers: list[tuple[str, str]], body: bytes 
 class _H2Body:
     """Sends a request body (then trailers or END_STREAM) as the flow-control window allows."""
 
-    def __init__(self, conn: h2.connection.H2Connection, body: bytes | None,
+    def __init__(self, conn: h2.connection.H2Connection, body: bytes | list[bytes] | None,
                  trailers: list[tuple[str, str]] | None) -> None:
-        self.conn, self.pending, self.trailers = conn, memoryview(body or b""), trailers
+        self.frames = list(body) if isinstance(body, list) else []
+        self.conn, self.trailers = conn, trailers
+        self.pending = memoryview(b"" if isinstance(body, list) else body or b"")
         self.done = body is None and trailers is None
 
     def send_some(self) -> None:
@@ -93,6 +96,9 @@ class _H2Body:
         if stream is None or stream.closed or stream.state_machine.state.name in ("HALF_CLOSED_LOCAL", "CLOSED"):
             self.done = True
             return
+        for frame in self.frames:  # small: the window is 16 MiB
+            self.conn.send_data(1, frame)
+        self.frames = []
         window = min(self.conn.local_flow_control_window(1), self.conn.max_outbound_frame_size)
         while self.pending and window > 0:
             piece, self.pending = self.pending[:window], self.pending[window:]
