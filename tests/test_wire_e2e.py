@@ -547,3 +547,21 @@ def test_forward_listeners_refuse_the_same_wire_forms(nsp_proxy: Callable[..., R
         assert (record["Category"], record["ResultAction"], record["ResultDirection"]) == \
             (REFUSED, "Denied", "Outbound"), record
     assert not dns.queried("api.allowed.test")
+
+
+def test_an_http2_upstream_gets_the_framed_request_as_http2(wire: Wire, nsp_proxy: Callable[..., RunningProxy],
+                                                            tmp_path: Path) -> None:
+    """A reverse listener whose upstream speaks HTTP/2 (here: the module's Enforced listener over TLS): the
+    request made HTTP/1.1 for framing goes out as HTTP/2 again (mitmproxy drops the connection headers), whole."""
+    front = free_port()
+    proxy = nsp_proxy({"perimeters": [perimeter("p0", {"open": [prefix_rule("lo", "127.0.0.0/8")]}, [
+        association("front", f"127.0.0.1:{front}", f"https://127.0.0.1:{wire.ports['Enforced']}", profile="open",
+                    resource_id=f"{RG}/Microsoft.Storage/storageAccounts/front")])]},
+        extra_args=["--set", "ssl_insecure=true", "--set", f"confdir={tmp_path / 'mitmproxy'}"])
+    body = [SMUGGLED, b"", SMUGGLED]
+    answer, records, hits = wire.run(lambda _: h2(front, "POST", "/chained", body), wire.ports["Enforced"])
+    assert (answer.status, answer.reset) == (200, False)
+    forwarded_once("Enforced", records, hits, ["POST /chained"])
+    assert records[0]["SourceProtocol"] == "HTTPS"
+    assert wire.backend.bodies[-1][1] == len(SMUGGLED) * 2
+    assert [r["OperationName"] for r in proxy.records()] == ["POST /chained"]
