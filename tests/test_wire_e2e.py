@@ -395,6 +395,8 @@ def test_limits_are_configurable(nsp_proxy: Callable[..., RunningProxy], backend
     assert h1(b"GET /" + b"b" * 400 + b" HTTP/1.1\r\nHost: x\r\n\r\n")(port) == 414
     assert h1(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")(port) == 200
     assert [r["Category"] for r in proxy.wait_for_records(3)] == [REFUSED, REFUSED, ALLOWED]
+    assert proxy.metric("nsp_decisions_total", category=REFUSED, result="denied") == 2
+    assert proxy.metric("nsp_would_deny_total") == 0  # a refusal is not a rule's would-deny
 
 
 # -- 7. X-Forwarded-For, strictly ---------------------------------------------------------------------------------
