@@ -76,10 +76,19 @@ class Wire:
 
     def run(self, send: Callable[[int], Any], port: int, settle: float = 0.4) -> tuple[Any, list[dict[str, Any]],
                                                                                       list[tuple[str, str, str]]]:
-        """``send(port)``, then what it added to the access log and to the backend's hits."""
+        """``send(port)``, then what it added to the access log and to the backend's hits, once both have been
+        still for ``settle`` seconds (and, when nothing was added, for a generous 1.5 s)."""
         records, hits = len(self.proxy.records()), len(self.backend.hits)
         result = send(port)
-        time.sleep(settle)
+        seen, still_since, started = (-1, -1), time.monotonic(), time.monotonic()
+        while time.monotonic() - started < 10:
+            now = (len(self.proxy.records()), len(self.backend.hits))
+            if now != seen:
+                seen, still_since = now, time.monotonic()
+            quiet = time.monotonic() - still_since
+            if quiet >= settle and (now[0] > records or quiet >= 1.5):
+                break
+            time.sleep(0.05)
         return result, self.proxy.records()[records:], self.backend.hits[hits:]
 
 
