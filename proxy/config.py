@@ -249,6 +249,7 @@ class _Validator:
     def _settings(self, raw: dict[str, Any]) -> Settings:
         base = Settings()
         dns = raw.get("dns") or {}
+        limits = raw.get("requestLimits") or {}
         metrics = self._optional_endpoint("settings.metrics", raw, "metrics", base.metrics_listen_host,
                                           base.metrics_listen_port)
         outbound = self._optional_endpoint("settings.outbound", raw, "outbound", None, None)
@@ -275,6 +276,9 @@ class _Validator:
             dns_max_ttl=float(dns.get("maxTtl", base.dns_max_ttl)),
             dns_max_negative_ttl=float(dns.get("maxNegativeTtl", base.dns_max_negative_ttl)),
             **_bounds(raw, base),
+            max_header_bytes=int(limits.get("headerBytes", base.max_header_bytes)),
+            max_header_count=int(limits.get("headerCount", base.max_header_count)),
+            max_target_bytes=int(limits.get("targetBytes", base.max_target_bytes)),
         )
 
     def _optional_endpoint(

@@ -136,6 +136,10 @@ class Settings:
     client_headers_timeout: float = 30.0  # seconds from connect to the first request's complete headers
     idle_timeout: float = 60.0  # seconds a kept-alive connection waits for its next request's headers
     max_client_connections: int = 1000  # open client connections per listener; more are closed on arrival
+    # Wire limits (settings.requestLimits): a request over one is refused (431 / 414) before any rule.
+    max_header_bytes: int = 65536  # request line + every header line
+    max_header_count: int = 100
+    max_target_bytes: int = 8192  # the request target (path and query, or absolute form)
 
 
 @dataclass(frozen=True)

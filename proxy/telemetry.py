@@ -24,6 +24,9 @@ class Category(StrEnum):
     PRIVATE_INBOUND_ALLOWED = "NspPrivateInboundAllowed"
     CROSS_PERIMETER_INBOUND_ALLOWED = "NspCrossPerimeterInboundAllowed"
     CROSS_PERIMETER_OUTBOUND_ALLOWED = "NspCrossPerimeterOutboundAllowed"
+    # nsp-proxy's own: a request refused for its wire form (framing, limits, obs-fold, h2c...) before any rule
+    # was consulted; always ResultAction Denied, RuleType None. Not an Azure category.
+    PROXY_REQUEST_REFUSED = "NspProxyRequestRefused"
 
 
 class Field(StrEnum):

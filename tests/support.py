@@ -7,6 +7,7 @@ raises with its own stderr, so a failing test says why.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -404,11 +405,11 @@ class _EchoHandler(BaseHTTPRequestHandler):
         return
 
     def _answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
+        body = self._body()
         self.server.hits.append((self.command, self.path, self.headers.get("host")))  # type: ignore[attr-defined]
         self.server.peers.append(self.client_address)  # type: ignore[attr-defined]
+        self.server.bodies.append((self.path, len(body), hashlib.sha256(body).hexdigest()))  # type: ignore[attr-defined]
+        self.server.headers.append({k.lower(): v for k, v in self.headers.items()})  # type: ignore[attr-defined]
         body = json.dumps({"backend": self.server.name, "path": self.path,  # type: ignore[attr-defined]
                            "host": self.headers.get("host")}).encode()
         self.send_response(200)
@@ -417,7 +418,22 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = do_PUT = _answer
+    def _body(self) -> bytes:
+        """The request body, by Content-Length or chunked (trailers read and ignored)."""
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
 
 
 @dataclass
@@ -435,6 +451,14 @@ class Backend:
     def peers(self) -> list[tuple[str, int]]:
         """The client address of the connection each hit came on (one address: the connection was reused)."""
         return self.server.peers  # type: ignore[attr-defined]
+    def headers(self) -> list[dict[str, str]]:
+        """The headers of every request received (names lower case), in order."""
+        return self.server.headers  # type: ignore[attr-defined]
+
+    @property
+    def bodies(self) -> list[tuple[str, int, str]]:
+        """(path, body length, sha256 hex) of every request received, in order."""
+        return self.server.bodies  # type: ignore[attr-defined]
 
     def keep_alive(self) -> None:
         """Answer HTTP/1.1 with keep-alive (the handler defaults to HTTP/1.0, close after each response, and
@@ -453,6 +477,8 @@ def start_backend(name: str, host: str = "127.0.0.1", tls: ssl.SSLContext | None
     server.daemon_threads = True
     server.hits = []  # type: ignore[attr-defined]
     server.peers = []  # type: ignore[attr-defined]
+    server.bodies = []  # type: ignore[attr-defined]
+    server.headers = []  # type: ignore[attr-defined]
     server.name = name  # type: ignore[attr-defined]
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)

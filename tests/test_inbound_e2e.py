@@ -670,7 +670,8 @@ def test_malformed_requests_get_answers_and_the_proxy_stays_up(nsp_proxy: StartP
                                                               other_backend: Backend) -> None:
     """Garbage, HTTP/0.9, broken headers and lengths, an absurd path, an absolute-form URI and a CONNECT naming
     another server each get a well-formed HTTP answer; nothing but the configured upstream is ever dialled;
-    records exist exactly for the requests that parsed; a normal request works afterwards."""
+    requests that parsed are decided and logged, those refused for their wire form get one
+    NspProxyRequestRefused record (never Approved); a normal request works afterwards."""
     port = free_port()
     proxy = nsp_proxy(single([prefix_rule("allow-loopback", "127.0.0.0/8")], url_of(backend), port))
     elsewhere = f"127.0.0.1:{other_backend.port}"
@@ -679,34 +680,38 @@ def test_malformed_requests_get_answers_and_the_proxy_stays_up(nsp_proxy: StartP
         b"GET /\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nthis line has no colon\r\n\r\n",
     ]
-    bad_framing = [  # the head parses (so the gate decides and logs), the body length does not: 400
-        (b"POST /neg HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", "POST /neg"),
-        (b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "POST /two"),
-    ]
     long_path = "/" + "a" * 20_000
+    refused = [  # the head parses, its framing or size does not pass: 400/414 and a refusal record
+        (b"POST /neg HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", "POST /neg", 400),
+        (b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "POST /two",
+         400),
+        (f"GET {long_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(), f"GET {long_path}", 414),
+        (f"CONNECT {elsewhere} HTTP/1.1\r\nHost: {elsewhere}\r\n\r\n".encode(), f"CONNECT {elsewhere}", 400),
+    ]
     parsed = [
-        (f"GET {long_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(), f"GET {long_path}"),
         (b"GET /%zz/../..%00/?x=%%%&&== HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "GET /%zz/../..%00/"),
         (f"GET http://{elsewhere}/steal HTTP/1.1\r\nHost: {elsewhere}\r\nConnection: close\r\n\r\n".encode(),
          "GET /steal"),
-        (f"CONNECT {elsewhere} HTTP/1.1\r\nHost: {elsewhere}\r\n\r\n".encode(), None),  # refused by mitmproxy
         (b"BREW /pot HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "BREW /pot"),
     ]
 
     for data in unparsable:
         assert status_of(raw_exchange(port, data)) == 400
-    for data, _ in bad_framing:
-        assert status_of(raw_exchange(port, data)) == 400
+    for data, _, status in refused:
+        assert status_of(raw_exchange(port, data)) == status
     for data, _ in parsed:
         assert 100 <= status_of(raw_exchange(port, data)) < 600
 
     assert proxy.process.poll() is None
     assert httpx.get(f"http://127.0.0.1:{port}/c/after").status_code == 200
     assert other_backend.hits == []
-    logged = [op for _, op in bad_framing + parsed if op is not None] + ["GET /c/after"]
-    records = exactly(proxy, len(logged))
-    assert [r["OperationName"] for r in records] == logged
-    for record in records:
+    records = exactly(proxy, len(refused) + len(parsed) + 1)
+    assert [r["OperationName"] for r in records] == [op for _, op, _ in refused] + [op for _, op in parsed] + \
+        ["GET /c/after"]
+    for record in records[:len(refused)]:
+        assert (record["Category"], record["ResultAction"], record["RuleType"]) == \
+            ("NspProxyRequestRefused", "Denied", "None")
+    for record in records[len(refused):]:
         check(record, ALLOWED, "Approved", "allow-loopback")
 
 
