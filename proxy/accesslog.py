@@ -72,6 +72,7 @@ def build_record(
         Field.SERVICE_FQDN: _service_fqdn(compiled, facts),
         Field.SERVICE_RESOURCE_ID: resource_id,
         Field.LOCATION: location,
+        Field.PARAMETERS: _params(_extension(decision)),
     }
     return {key.value: value for key, value in record.items()}
 
@@ -116,6 +117,13 @@ class AccessLogWriter:
             except OSError:
                 pass
             os.close(self._fd)
+
+
+def _extension(decision: Decision) -> dict[str, Any]:
+    """nsp-proxy's own facts about a decision, which Azure's columns do not carry but ``replay``/``suggest``
+    need: the association and its mode, the perimeter, what the proxy did and what Enforced would do."""
+    return {"accessMode": decision.mode.value if decision.mode else None, "resourceAssociation": decision.resource,
+            "perimeter": decision.perimeter, "allowed": decision.allowed, "wouldDeny": decision.would_deny}
 
 
 def _timestamp(when: datetime) -> str:
