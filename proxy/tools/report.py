@@ -18,6 +18,7 @@ from proxy.tools import svg
 from proxy.tools.logread import Entry
 
 MAX_BUCKETS = 2_000
+MAX_BARS = 60  # bars per time chart: consecutive buckets are summed into one bar beyond that
 MAX_TRACKED = 10_000
 BUCKET_WIDTHS = (16, 15, 13, 10)  # ISO prefix lengths: minute, 10 minutes, hour, day
 _WIDTH_NAMES = {16: "minute", 15: "10 minutes", 13: "hour", 10: "day"}
@@ -30,6 +31,7 @@ class Summary:
     denied: int = 0  # blocked by the proxy
     bucket_width: int = BUCKET_WIDTHS[0]
     over_time: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # bucket -> category
+    over_time_assoc: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # -> association
     by_association: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     categories: Counter = field(default_factory=Counter)
     denied_sources: Counter = field(default_factory=Counter)
@@ -45,6 +47,7 @@ def summarise(entries: Iterable[Entry], top: int = 10) -> Summary:
         summary.categories[entry.category] += entry.count
         bucket = entry.time[: summary.bucket_width] or "?"
         summary.over_time[bucket][entry.category] += entry.count
+        summary.over_time_assoc[bucket][entry.association or "-"] += entry.count
         if len(summary.over_time) > MAX_BUCKETS:
             _coarsen(summary)
         assoc = summary.by_association[entry.association or "-"]
@@ -64,10 +67,11 @@ def summarise(entries: Iterable[Entry], top: int = 10) -> Summary:
 def _coarsen(summary: Summary) -> None:
     widths = [w for w in BUCKET_WIDTHS if w < summary.bucket_width]
     summary.bucket_width = widths[0] if widths else 0
-    merged: dict[str, Counter] = defaultdict(Counter)
-    for bucket, counts in summary.over_time.items():
-        merged[bucket[: summary.bucket_width] or "all"].update(counts)
-    summary.over_time = merged
+    for name in ("over_time", "over_time_assoc"):
+        merged: dict[str, Counter] = defaultdict(Counter)
+        for bucket, counts in getattr(summary, name).items():
+            merged[bucket[: summary.bucket_width] or "all"].update(counts)
+        setattr(summary, name, merged)
 
 
 def _bounded_add(table: Counter, key: str, count: int, summary: Summary) -> None:
@@ -102,12 +106,13 @@ def as_text(summary: Summary) -> str:
 
 def as_html(summary: Summary) -> str:
     categories = [name for name, _ in summary.categories.most_common()]
-    buckets = sorted(summary.over_time)
-    over_time = svg.stacked_bars(
-        [(bucket, [summary.over_time[bucket][c] for c in categories]) for bucket in buckets], categories,
-        title=f"Decisions over time (per {_WIDTH_NAMES.get(summary.bucket_width, 'period')}) by category")
-    kinds = ["allowed", "denied", "would deny"]
     associations = sorted(summary.by_association)
+    period = _WIDTH_NAMES.get(summary.bucket_width, "period")
+    over_time = svg.stacked_bars(_bars(summary.over_time, categories), categories,
+                                 title=f"Decisions over time (per {period} or more) by category")
+    over_time_assoc = svg.stacked_bars(_bars(summary.over_time_assoc, associations), associations,
+                                       title=f"Decisions over time (per {period} or more) by association")
+    kinds = ["allowed", "denied", "would deny"]
     per_association = svg.grouped_bars(
         [(name, [summary.by_association[name][k] for k in kinds]) for name in associations], kinds,
         title="Per association: allowed, blocked, would deny (Enforced)")
@@ -115,6 +120,7 @@ def as_html(summary: Summary) -> str:
         f"<p>{summary.records} record(s): <b>{summary.denied}</b> blocked, <b>{summary.would_deny}</b> that "
         "Enforced would deny.</p>",
         f'<figure id="over-time">{over_time}</figure>',
+        f'<figure id="over-time-association">{over_time_assoc}</figure>',
         f'<figure id="per-association">{per_association}</figure>',
         _table("Categories", ["category", "records"], summary.categories.most_common()),
         _table("Top would-deny sources (inbound)", ["source", "records"],
@@ -125,6 +131,19 @@ def as_html(summary: Summary) -> str:
     if summary.approximate:
         sections.append(f"<p>The top tables are approximate: more than {MAX_TRACKED} distinct values.</p>")
     return _PAGE.replace("{body}", "\n".join(sections))
+
+
+def _bars(over_time: dict[str, Counter], keys: list[str]) -> list[tuple[str, list[int]]]:
+    """At most ``MAX_BARS`` bars: consecutive buckets summed, each bar labelled with its first bucket."""
+    buckets = sorted(over_time)
+    group = -(-len(buckets) // MAX_BARS) or 1
+    bars = []
+    for start in range(0, len(buckets), group):
+        total: Counter = Counter()
+        for bucket in buckets[start : start + group]:
+            total.update(over_time[bucket])
+        bars.append((buckets[start], [total[k] for k in keys]))
+    return bars
 
 
 def _table(title: str, headings: list[str], rows: list[tuple[str, int]]) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import html
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+DENIED = "#d62728"  # every series that is a denial, and nothing else
+PALETTE = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39")
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 960, 260, 50, 60, 30
 
@@ -22,13 +23,13 @@ def stacked_bars(series: list[tuple[str, list[int]]], legend: list[str], title: 
     parts: list[str] = []
     for index, (label, values) in enumerate(series):
         x = LEFT + index * slot
-        y = HEIGHT - BOTTOM
+        y: float = HEIGHT - BOTTOM
         for color_index, value in enumerate(values):
             if value <= 0:
                 continue
             height = value / peak * (HEIGHT - BOTTOM - TOP)
             y -= height
-            parts.append(_rect(x + slot * 0.1, y, slot * 0.8, height, color_index,
+            parts.append(_rect(x + slot * 0.1, y, slot * 0.8, height, colour(legend[color_index], color_index),
                                f"{label} {legend[color_index]}: {value}"))
         if index % every == 0:
             parts.append(f'<text x="{x + slot / 2:.1f}" y="{HEIGHT - BOTTOM + 12}" text-anchor="end" '
@@ -50,14 +51,20 @@ def grouped_bars(series: list[tuple[str, list[int]]], legend: list[str], title: 
                 continue
             height = value / peak * (HEIGHT - BOTTOM - TOP)
             parts.append(_rect(x + color_index * width, HEIGHT - BOTTOM - height, width * 0.9, height,
-                               color_index, f"{label} {legend[color_index]}: {value}"))
+                               colour(legend[color_index], color_index), f"{label} {legend[color_index]}: {value}"))
         parts.append(f'<text x="{x + slot * 0.4:.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">'
                      f"{html.escape(label[:30])}</text>")
     return _frame(title, parts, peak, legend)
 
 
-def _rect(x: float, y: float, width: float, height: float, color_index: int, tip: str) -> str:
-    color = PALETTE[color_index % len(PALETTE)]
+def colour(name: str, index: int) -> str:
+    """Red for denials (a category or series named so), the palette otherwise."""
+    if "denied" in name.lower():
+        return DENIED
+    return PALETTE[index % len(PALETTE)]
+
+
+def _rect(x: float, y: float, width: float, height: float, color: str, tip: str) -> str:
     return (f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{max(width, 1):.1f}" height="{max(height, 1):.1f}" '
             f'fill="{color}"><title>{html.escape(tip)}</title></rect>')
 
@@ -69,7 +76,7 @@ def _frame(title: str, parts: list[str], peak: int, legend: list[str]) -> str:
             f'<text x="{LEFT - 4}" y="{HEIGHT - BOTTOM}" text-anchor="end">0</text>')
     keys = "".join(
         f'<g transform="translate({LEFT + (i % 3) * 300},{HEIGHT + 4 + (i // 3) * 16})">'
-        f'<rect width="10" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>'
+        f'<rect width="10" height="10" fill="{colour(name, i)}"/>'
         f'<text x="14" y="9">{html.escape(name)}</text></g>' for i, name in enumerate(legend))
     rows = (len(legend) + 2) // 3
     return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
