@@ -162,7 +162,7 @@ def test_report_html_draws_its_charts_in_chromium(tmp_path: Path) -> None:
     common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
               f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.stdout.count('class="chart"') == 2, dom.stderr[-2000:]
+    assert dom.stdout.count('class="chart"') == 3, dom.stderr[-2000:]
     assert dom.stdout.count('class="bar"') >= 6
     shot = tmp_path / "report.png"
     subprocess.run([*common, f"--screenshot={shot}", "--window-size=1000,800", page.as_uri()],
