@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.decision import InboundFacts, OutboundFacts
+from proxy.decision import Decision, InboundFacts, OutboundFacts
+from proxy.engine import decide_inbound, decide_outbound
 from proxy.policy import Policy
 from proxy.tools.logread import Entry
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_WOULD_DENY = 0, 1, 2, 3
+MAX_CACHED = 100_000  # decisions kept by ``decide`` (cleared when full: bounded memory)
 
 
 @dataclass
@@ -79,3 +81,21 @@ def _mismatch(entry: Entry) -> str | None:
     if "Host header" in entry.description and "differs from the destination" in entry.description:
         return "differs.invalid"
     return None
+
+
+def decide(policy: Policy, entry: Entry, cache: dict[tuple, Decision]) -> Decision:
+    """The pure core's decision for a record, cached on the facts that matter (logs repeat them; the source
+    port, which never changes a decision, is left out of the key)."""
+    facts = facts_of(entry, policy)
+    if isinstance(facts, InboundFacts):
+        key: tuple = (True, facts.resource, facts.source_ip, facts.subscription)
+    else:
+        key = (False, facts.resource, facts.source_ip, facts.destination_host, facts.destination_port, facts.sni,
+               facts.host_header)
+    decision = cache.get(key)
+    if decision is None:
+        if len(cache) >= MAX_CACHED:
+            cache.clear()
+        decision = decide_inbound(policy, facts) if entry.inbound else decide_outbound(policy, facts)
+        cache[key] = decision
+    return decision

@@ -26,6 +26,9 @@ _TRANSITION_CATEGORIES = {Category.PUBLIC_INBOUND_RESOURCE_ALLOWED.value, Catego
                           Category.PUBLIC_OUTBOUND_RESOURCE_DENIED.value}
 
 
+_F = {field.name: field.value for field in Field}  # plain strings: no Enum lookup per record
+
+
 class LogInputError(Exception):
     """A log source cannot be read at all (missing file, not text)."""
 
@@ -125,34 +128,35 @@ def parse_line(line: str) -> Entry | None:
 def entry_from(data: dict[str, Any]) -> Entry | None:
     """An ``Entry`` from either record shape; None when it is not an NSP access-log record."""
     flat = _flatten(data)
-    category = _text(flat, Field.CATEGORY)
-    direction = _text(flat, Field.RESULT_DIRECTION)
+    category = _text(flat, _F["CATEGORY"])
+    direction = _text(flat, _F["RESULT_DIRECTION"])
     if not category or direction.lower() not in ("inbound", "outbound"):
         return None
-    extension = _object(flat.get(Field.PARAMETERS.value))
-    source_parameters = _object(flat.get(Field.SOURCE_PARAMETERS.value))
-    destination_parameters = _object(flat.get(Field.DESTINATION_PARAMETERS.value))
-    action = _text(flat, Field.RESULT_ACTION)
-    description = _text(flat, Field.RESULT_DESCRIPTION)
+    extension = _object(flat.get(_F["PARAMETERS"]))
+    inbound = direction.lower() == "inbound"
+    source_parameters = _object(flat.get(_F["SOURCE_PARAMETERS"])) if inbound else {}
+    destination_parameters = {} if inbound else _object(flat.get(_F["DESTINATION_PARAMETERS"]))
+    action = _text(flat, _F["RESULT_ACTION"])
+    description = _text(flat, _F["RESULT_DESCRIPTION"])
     mode = extension.get("accessMode") if isinstance(extension.get("accessMode"), str) else None
     allowed = extension.get("allowed")
     would_deny = extension.get("wouldDeny")
     return Entry(
-        time=_text(flat, Field.TIME_GENERATED) or str(data.get("time") or ""),
+        time=_text(flat, _F["TIME_GENERATED"]) or str(data.get("time") or ""),
         category=category, direction=direction, action=action, description=description,
-        profile=_text(flat, Field.PROFILE), source_ip=_text(flat, Field.SOURCE_IP_ADDRESS),
-        source_port=_int(flat.get(Field.SOURCE_PORT.value)),
+        profile=_text(flat, _F["PROFILE"]), source_ip=_text(flat, _F["SOURCE_IP_ADDRESS"]),
+        source_port=_int(flat.get(_F["SOURCE_PORT"])),
         subscription=_str_or_none(source_parameters.get("subscription")),
-        destination=_text(flat, Field.DESTINATION_FQDN), destination_port=_int(flat.get(Field.DESTINATION_PORT.value)),
-        protocol=_text(flat, Field.SOURCE_PROTOCOL) or _text(flat, Field.DESTINATION_PROTOCOL),
-        service_resource_id=_text(flat, Field.SERVICE_RESOURCE_ID),
-        source_resource_id=_text(flat, Field.SOURCE_RESOURCE_ID),
+        destination=_text(flat, _F["DESTINATION_FQDN"]), destination_port=_int(flat.get(_F["DESTINATION_PORT"])),
+        protocol=_text(flat, _F["SOURCE_PROTOCOL"]) or _text(flat, _F["DESTINATION_PROTOCOL"]),
+        service_resource_id=_text(flat, _F["SERVICE_RESOURCE_ID"]),
+        source_resource_id=_text(flat, _F["SOURCE_RESOURCE_ID"]),
         sni=_str_or_none(destination_parameters.get("sni")),
         association=_str_or_none(extension.get("resourceAssociation")), mode=mode,
         perimeter=_str_or_none(extension.get("perimeter")),
         allowed=allowed if isinstance(allowed, bool) else _allowed_without_extension(action, description),
         would_deny=would_deny if isinstance(would_deny, bool) else _would_deny_without_extension(category),
-        count=max(1, _int(flat.get(Field.COUNT.value)) or 1),
+        count=max(1, _int(flat.get(_F["COUNT"])) or 1),
     )
 
 
@@ -183,8 +187,8 @@ def _pascal(key: str) -> str:
     return key[:1].upper() + key[1:]
 
 
-def _text(flat: dict[str, Any], key: Field) -> str:
-    value = flat.get(key.value)
+def _text(flat: dict[str, Any], key: str) -> str:
+    value = flat.get(key)
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 

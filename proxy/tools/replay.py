@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.engine import decide_inbound, decide_outbound
+from proxy.decision import Decision
 from proxy.model import Config
 from proxy.policy import compile_policy
-from proxy.tools.common import association_of, facts_of
+from proxy.tools.common import association_of, decide
 from proxy.tools.logread import Entry
 
 ALLOWED_TO_DENIED, DENIED_TO_ALLOWED = "allowed->denied", "denied->allowed"
@@ -47,13 +47,13 @@ def replay(entries: Iterable[Entry], candidate: Config, *, as_configured: bool =
            examples: int = DEFAULT_EXAMPLES) -> Replay:
     policy = compile_policy(candidate, generation=0)
     result = Replay()
+    cache: dict[tuple, Decision] = {}
     for entry in entries:
         result.records += 1
         if entry.refused_everywhere:
             result.not_redecided += 1
             continue
-        facts = facts_of(entry, policy)
-        decision = decide_inbound(policy, facts) if entry.inbound else decide_outbound(policy, facts)
+        decision = decide(policy, entry, cache)
         now_allowed = decision.allowed if as_configured else not decision.would_deny
         if now_allowed == entry.allowed:
             result.unchanged += 1

@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from proxy.config import MAX_RULE_ELEMENTS_PER_PROFILE
-from proxy.engine import decide_inbound, decide_outbound
+from proxy.decision import Decision
 from proxy.model import Config
 from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription
 from proxy.policy import Policy, compile_policy
 from proxy.tools import aggregate
-from proxy.tools.common import Evidence, association_of, facts_of
+from proxy.tools.common import Evidence, association_of, decide
 from proxy.tools.logread import Entry
 
 MAX_DISTINCT = 100_000  # distinct values kept per profile and kind (bounded memory on any log)
@@ -61,6 +61,7 @@ class Suggestions:
     already_allowed: Evidence = field(default_factory=Evidence)
     would_deny: int = 0
     records: int = 0
+    decided: dict[tuple, Decision] = field(default_factory=dict)  # see proxy.tools.common.decide
 
 
 def suggest(entries: Iterable[Entry], config: Config | None, options: Options) -> Suggestions:
@@ -91,9 +92,7 @@ def _collect(entry: Entry, policy: Policy | None, options: Options, result: Sugg
         if compiled is None:
             result.not_suggested[f"association {association!r} is not in the configuration"].add(entry)
             return
-        facts = facts_of(entry, policy)
-        decision = decide_inbound(policy, facts) if entry.inbound else decide_outbound(policy, facts)
-        if not decision.would_deny:
+        if not decide(policy, entry, result.decided).would_deny:
             result.already_allowed.add(entry)
             return
     perimeter = compiled.perimeter.name if compiled else (entry.perimeter or "PERIMETER")

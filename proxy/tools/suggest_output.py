@@ -22,6 +22,7 @@ from proxy.tools.suggest import ADDRESSES, FQDNS, SUBSCRIPTIONS, ProfileSuggesti
 
 API_VERSION = "2023-08-01-preview"  # as the REST API's examples and our ARM tests use
 NSP = "Microsoft.Network/networkSecurityPerimeters"
+SHOWN = 10  # elements that did not fit, listed in the summary (all of them in --format json)
 _RULES = ((ADDRESSES, "Inbound", "suggested-inbound-addresses"),
           (SUBSCRIPTIONS, "Inbound", "suggested-inbound-subscriptions"),
           (FQDNS, "Outbound", "suggested-outbound-fqdns"))
@@ -217,9 +218,13 @@ def summary(result: Suggestions, found: list[Rule]) -> list[str]:
         if s.widened_to is not None:
             lines.append(f"{s.perimeter}/{s.profile}: addresses widened (up to /{s.widened_to} IPv4) to fit "
                          f"{s.existing_elements} existing + suggested elements in Azure's limit")
-        for kind, value, evidence in s.did_not_fit:
-            lines.append(f"did not fit in {s.perimeter}/{s.profile} ({s.existing_elements} existing elements, "
-                         f"limit reached): {kind} {value}: {evidence.text()}")
+        if s.did_not_fit:
+            lines.append(f"{len(s.did_not_fit)} element(s) did not fit in {s.perimeter}/{s.profile} "
+                         f"({s.existing_elements} existing elements; least used first dropped):")
+        for kind, value, evidence in s.did_not_fit[:SHOWN]:
+            lines.append(f"  did not fit: {kind} {value}: {evidence.text()}")
+        if len(s.did_not_fit) > SHOWN:
+            lines.append(f"  ... and {len(s.did_not_fit) - SHOWN} more (all of them: --format json, didNotFit)")
         if s.overflow:
             lines.append(f"{s.perimeter}/{s.profile}: {s.overflow} record(s) beyond the distinct-value bound "
                          "were not considered")
