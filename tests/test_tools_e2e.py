@@ -1,4 +1,4 @@
-"""From Transition to Enforced, end to end: real traffic in Transition, ``suggest``, then the suggested
+"""From Transition to Enforced, end to end: real traffic in Transition (and Audit), ``suggest``, then the suggested
 configuration in Enforced lets exactly that traffic through (on the wire) and nothing else; ``replay`` agrees;
 the ARM output validates; the HTML report opens in headless Chromium with its charts drawn.
 
@@ -31,7 +31,7 @@ SUB_B = "bbbbbbbb-1111-2222-3333-444444444444"
 HEADER = "x-nsp-subscription-id"
 
 
-def transition_config(port: int, fwd: int, dns_port: int, upstream: str) -> dict[str, Any]:
+def learning_config(port: int, fwd: int, dns_port: int, upstream: str, mode: str) -> dict[str, Any]:
     rules = [{"name": "allow-known-host", "direction": "Inbound", "addressPrefixes": ["127.0.0.9/32"]},
              {"name": "allow-known-name", "direction": "Outbound", "fullyQualifiedDomainNames": ["known.test"]}]
     return {"settings": {"dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": 2}},
@@ -39,7 +39,7 @@ def transition_config(port: int, fwd: int, dns_port: int, upstream: str) -> dict
                             "profiles": [{"name": "prof", "accessRules": rules}],
                             "resourceAssociations": [{
                                 "name": "store", "privateLinkResource": {"id": STORE_ID}, "profile": "prof",
-                                "accessMode": "Learning",
+                                "accessMode": mode,
                                 "local": {"listen": f"127.0.0.1:{port}", "upstream": upstream,
                                           "outboundListen": f"127.0.0.1:{fwd}"}}]}]}
 
@@ -87,14 +87,24 @@ def names_backend() -> Backend:
     server.stop()
 
 
-def test_transition_log_to_enforced_rules(nsp_proxy: Any, dnsmasq: Any, backend: Backend, names_backend: Backend,
-                                          tmp_path: Path) -> None:
+# The modes that never block but log what Enforced would deny, and the categories their would-deny records have.
+LEARNING_MODES = [
+    pytest.param("Learning", {"NspPublicInboundResourceRulesAllowed": 4, "NspPublicOutboundResourceRulesAllowed": 2},
+                 id="Transition"),
+    pytest.param("Audit", {"NspPublicInboundPerimeterRulesDenied": 4, "NspPublicOutboundPerimeterRulesDenied": 2},
+                 id="Audit"),
+]
+
+
+@pytest.mark.parametrize(("mode", "categories"), LEARNING_MODES)
+def test_learned_log_to_enforced_rules(mode: str, categories: dict[str, int], nsp_proxy: Any, dnsmasq: Any,
+                                       backend: Backend, names_backend: Backend, tmp_path: Path) -> None:
     dns = dnsmasq({"one.test": "127.0.0.20", "two.test": "127.0.0.20", "known.test": "127.0.0.20",
                    "three.test": "127.0.0.20"})
     port, fwd = free_port(), free_port()
-    original = transition_config(port, fwd, dns.port, f"http://127.0.0.1:{backend.port}")
+    original = learning_config(port, fwd, dns.port, f"http://127.0.0.1:{backend.port}", mode)
     learning = nsp_proxy(original)
-    assert traffic(port, fwd, names_backend.port) == [200] * 8  # Transition never blocks here
+    assert traffic(port, fwd, names_backend.port) == [200] * 8  # Transition and Audit never block here
     records = exactly(learning, 8)
     learning.stop()
     assert sum(json.loads(r["Parameters"])["wouldDeny"] for r in records) == WOULD_DENY
@@ -133,7 +143,7 @@ def test_transition_log_to_enforced_rules(nsp_proxy: Any, dnsmasq: Any, backend:
     result = json.loads(done.stdout)
     assert result["allowedToDenied"] == WOULD_DENY and result["deniedToAllowed"] == 0
     by_category = {c["category"]: c["count"] for c in result["changes"]}
-    assert by_category == {"NspPublicInboundResourceRulesAllowed": 4, "NspPublicOutboundResourceRulesAllowed": 2}
+    assert by_category == categories
 
     # on the wire: the suggested config, Enforced, lets exactly that traffic through and nothing else
     enforcing = nsp_proxy(enforced.read_text())
