@@ -278,6 +278,8 @@ EXITS = [
     pytest.param(["replay", "LOG", "-c", "/nonexistent.yaml"], 2, "cannot read", id="replay-missing-config"),
     pytest.param(["replay", "LOG", "-c", "CONFIG"], 3, "allowed->denied", id="replay-would-deny"),
     pytest.param(["report", "LOG"], 0, "would deny", id="report"),
+    pytest.param(["report", "CONFIG"], 2, "no access-log record", id="report-not-a-log"),
+    pytest.param(["suggest", "/dev/null"], 0, "perimeters: []", id="suggest-empty-log"),
     pytest.param(["suggest", "LOG", "-c", "CONFIG", "-f", "az"], 0, "access-rule create", id="suggest-az"),
 ]
 

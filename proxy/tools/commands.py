@@ -91,6 +91,9 @@ def _prefix(value: str, option: str, family_bits: int) -> int:
 
 
 def _warn_skipped(stats: ReadStats, command: str) -> None:
+    """Say what was skipped; input with lines but no record at all is the wrong file (bad input)."""
+    if stats.skipped and not stats.records:
+        raise ValueError(f"no access-log record in the input ({stats.first_problem})")
     if stats.skipped:
         print(f"nsp-proxy {command}: skipped {stats.skipped} line(s) that are not access-log records "
               f"(first: {stats.first_problem})", file=sys.stderr)

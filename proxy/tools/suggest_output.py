@@ -83,6 +83,8 @@ def _rule_names(config: Config | None, suggestion: ProfileSuggestion) -> set[str
 
 def yaml_patch(found: list[Rule]) -> str:
     """The rules to add, in our configuration's shape, evidence in comments."""
+    if not found:
+        return "# nsp-proxy suggest: no access rule to add\nperimeters: []\n"
     lines = ["# nsp-proxy suggest: add these access rules to the profiles of your configuration", "perimeters:"]
     for perimeter in _unique(r.perimeter for r in found):
         lines += [f"  - name: {_scalar(perimeter)}", "    profiles:"]
