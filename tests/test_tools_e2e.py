@@ -31,10 +31,13 @@ SUB_B = "bbbbbbbb-1111-2222-3333-444444444444"
 HEADER = "x-nsp-subscription-id"
 
 
-def learning_config(port: int, fwd: int, dns_port: int, upstream: str, mode: str) -> dict[str, Any]:
+def learning_config(port: int, fwd: int, dns_port: int | None, upstream: str, mode: str) -> dict[str, Any]:
+    """One association ``store`` in ``mode`` (inbound on ``port``, forward proxy on ``fwd``), profile ``prof``
+    allowing 127.0.0.9 in and known.test out; names resolved by the dnsmasq on ``dns_port``."""
     rules = [{"name": "allow-known-host", "direction": "Inbound", "addressPrefixes": ["127.0.0.9/32"]},
              {"name": "allow-known-name", "direction": "Outbound", "fullyQualifiedDomainNames": ["known.test"]}]
-    return {"settings": {"dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": 2}},
+    settings = {"dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": 2}} if dns_port else {}
+    return {"settings": settings,
             "perimeters": [{"name": "p1", "location": "westeurope", "resourceGroup": "rg",
                             "profiles": [{"name": "prof", "accessRules": rules}],
                             "resourceAssociations": [{
@@ -220,3 +223,67 @@ def _colours(png: bytes) -> set[tuple[int, ...]]:
         seen.update(tuple(line[i:i + 3]) for i in range(0, stride, channels))
         previous = line
     return seen
+
+
+# -- the Azure SDK: learn from real Storage traffic, then enforce -------------------------------------------------
+
+
+def sdk_client(port: int, source: str, calls: list[str]) -> Any:
+    """A Storage SDK client on the proxy's port whose connections come from ``source``."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.storage.blob import BlobServiceClient
+
+    from tests.support import blob_connection_string
+
+    class SourceAdapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["source_address"] = (source, 0)
+            super().init_poolmanager(*args, **kwargs)
+
+    session = requests.Session()
+    session.mount("http://", SourceAdapter())
+    session.trust_env = False
+    return BlobServiceClient.from_connection_string(
+        blob_connection_string(port), transport=RequestsTransport(session=session, session_owner=False),
+        raw_response_hook=lambda response: calls.append(response.http_request.method), retry_total=0)
+
+
+def sdk_roundtrip(client: Any, subscription: str | None = None) -> bytes:
+    import uuid
+
+    kwargs = {"headers": {HEADER: f"/subscriptions/{subscription}"}} if subscription else {}
+    container = client.create_container(f"c{uuid.uuid4().hex[:16]}", **kwargs)
+    container.upload_blob("hello.txt", b"nsp", **kwargs)
+    return container.download_blob("hello.txt", **kwargs).readall()
+
+
+def test_sdk_traffic_learned_then_enforced(nsp_proxy: Any, azurite: Any, tmp_path: Path) -> None:
+    """The Storage SDK from 127.0.0.2, .3 and (with a subscription) .4 in Transition; the suggested Enforced
+    config serves exactly those callers and refuses another address, .4 without its subscription, and another
+    subscription, with the SDK's AuthorizationFailure."""
+    from azure.core.exceptions import HttpResponseError
+
+    port, fwd = free_port(), free_port()
+    learning = nsp_proxy(learning_config(port, fwd, None, f"http://127.0.0.1:{azurite.port}", "Learning"))
+    calls: list[str] = []
+    learned = [("127.0.0.2", None), ("127.0.0.3", None), ("127.0.0.4", SUB_A)]
+    for source, subscription in learned:
+        assert sdk_roundtrip(sdk_client(port, source, calls), subscription) == b"nsp"
+    exactly(learning, len(calls))
+    learning.stop()
+
+    enforced = tmp_path / "enforced.yaml"
+    done = run_cli("suggest", str(learning.access_log), "-c", str(learning.config_path), "-f", "config",
+                   "--enforce", "-o", str(enforced))
+    assert done.returncode == 0, done.stderr
+    done = run_cli("replay", "-c", str(enforced), str(learning.access_log))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    nsp_proxy(enforced.read_text())
+    for source, subscription in learned:
+        assert sdk_roundtrip(sdk_client(port, source, calls), subscription) == b"nsp"
+    for source, subscription in (("127.0.0.6", None), ("127.0.0.4", None), ("127.0.0.6", SUB_B)):
+        with pytest.raises(HttpResponseError) as caught:
+            sdk_roundtrip(sdk_client(port, source, calls), subscription)
+        assert caught.value.error_code == "AuthorizationFailure"
