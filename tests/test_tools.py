@@ -295,3 +295,25 @@ def test_exit_codes(argv: list[str], code: int, said: str, tmp_path: Path) -> No
     assert done.returncode == code, done.stderr
     assert said in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+                           max_leaves=8)
+FIELDS = st.sampled_from(["Category", "ResultDirection", "SourceIpAddress", "Parameters", "SourceParameters",
+                          "DestinationParameters", "DestinationPort", "Count", "TimeGenerated", "properties",
+                          "ResultAction", "DestinationFqdn"])
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.dictionaries(FIELDS, JSON_VALUES | st.sampled_from(["Inbound", "Outbound", "{", "{}"]), max_size=10))
+def test_any_record_shape_is_read_or_refused_never_raises(data: dict[str, Any]) -> None:
+    """Whatever a line holds, reading it gives an Entry or None, and every tool consumes the Entry."""
+    entry = parse_line(json.dumps(data))
+    if entry is not None:
+        config = parse_config_text(yaml.safe_dump(CONFIG), "<t>")
+        suggest([entry], config, Options())
+        replay([entry], config)
+        from proxy.tools import report
+
+        report.as_html(report.summarise([entry]))

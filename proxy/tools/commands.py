@@ -126,7 +126,7 @@ def _suggest(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
-    for line in suggest_output.summary(result, found):
+    for line in suggest_output.summary(result, found, config):
         print(f"nsp-proxy suggest: {line}", file=sys.stderr)
     return EXIT_OK
 

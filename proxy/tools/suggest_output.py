@@ -208,10 +208,16 @@ def as_json(result: Suggestions, found: list[Rule]) -> str:
     }, indent=2) + "\n"
 
 
-def summary(result: Suggestions, found: list[Rule]) -> list[str]:
+def summary(result: Suggestions, found: list[Rule], config: Config | None) -> list[str]:
     """What a person should know beyond the rules: what was not suggested and why, what did not fit."""
     lines = [f"{result.records} record(s), {result.would_deny} that Enforced would deny; "
              f"{sum(len(r.elements) for r in found)} rule element(s) in {len(found)} rule(s) suggested"]
+    if config is None and found:
+        lines.append("without --config, the profiles' existing rules are not counted against the limit and "
+                     "nothing the configuration already allows is left out")
+    if any(p in (s.perimeter, s.profile) for s in result.profiles.values() for p in ("PERIMETER", "PROFILE")):
+        lines.append("some records name no perimeter or profile (written before nsp-proxy logged them): "
+                     "PERIMETER/PROFILE stand in for them; give --config")
     if result.already_allowed.count:
         lines.append(f"already allowed by the configuration: {result.already_allowed.text()}")
     for why, evidence in result.not_suggested.items():
