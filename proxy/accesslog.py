@@ -83,6 +83,7 @@ def build_record(
         F.SERVICE_FQDN: service_fqdn,
         F.SERVICE_RESOURCE_ID: resource_id,
         F.LOCATION: location,
+        F.PARAMETERS: _params(_extension(decision)),
     }
 
 
@@ -94,6 +95,13 @@ def encode_record(record: dict[str, Any]) -> bytes:
         except TypeError:  # orjson.JSONEncodeError: e.g. a lone surrogate; the fallback escapes it
             pass
     return (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
+
+
+def _extension(decision: Decision) -> dict[str, Any]:
+    """nsp-proxy's own facts about a decision, which Azure's columns do not carry but ``replay``/``suggest``
+    need: the association and its mode, the perimeter, what the proxy did and what Enforced would do."""
+    return {"accessMode": decision.mode.value if decision.mode else None, "resourceAssociation": decision.resource,
+            "perimeter": decision.perimeter, "allowed": decision.allowed, "wouldDeny": decision.would_deny}
 
 
 # -- timestamps: the seconds formatted once per second --------------------------------------------------------

@@ -28,6 +28,7 @@ from proxy.normalize import (
     parse_endpoint,
 )
 from proxy.policy import Policy, compile_policy
+from proxy.tools import commands as tools
 
 EXIT_OK, EXIT_INVALID, EXIT_DENIED = 0, 1, 3
 
@@ -42,6 +43,12 @@ associated resource (inbound rules: source IP, subscription) and a forward proxy
   nsp-proxy explain --source-ip 203.0.113.7 --resource demo-storage
                                          print the decision for a request, without traffic
   nsp-proxy example                      print the embedded demo configuration to start from
+  nsp-proxy suggest access.jsonl -c perimeter.yaml
+                                         propose the rules Enforced would need for a Transition log
+  nsp-proxy replay -c candidate.yaml access.jsonl
+                                         what a candidate configuration would change (exit 3: new denials)
+  nsp-proxy report access.jsonl --html report.html
+                                         decisions over time, top denied sources and destinations
 """
 
 
@@ -103,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
 
     example = sub.add_parser("example", help="print the embedded demo configuration")
     example.set_defaults(handler=lambda _args: print(demo_config_path().read_text(), end="") or EXIT_OK)
+
+    tools.add_parsers(sub)  # suggest, replay, report (proxy/tools)
 
     schema = sub.add_parser("schema", help="print the configuration's JSON Schema")
     schema.set_defaults(handler=lambda _args: print(

@@ -63,6 +63,7 @@ class Field(StrEnum):
     SERVICE_FQDN = "ServiceFqdn"
     SERVICE_RESOURCE_ID = "ServiceResourceId"
     LOCATION = "Location"
+    PARAMETERS = "Parameters"  # nsp-proxy extension inside Azure's Parameters column: mode, association
 
 
 class ResultAction(StrEnum):
