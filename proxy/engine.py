@@ -172,8 +172,9 @@ def _outcome(
                         result_action=ResultAction.DENIED, rule_type=RuleType.NONE,
                         reason=f"Enforced: {verdict.reason}", **common)
     if mode is AccessMode.AUDIT:
+        # Audit logs the category Enforced would, but ResultAction says what happened: it went through.
         return Decision(allowed=True, would_deny=True, category=_PERIMETER_DENIED[direction],
-                        result_action=ResultAction.DENIED, rule_type=RuleType.NONE,
+                        result_action=ResultAction.APPROVED, rule_type=RuleType.NONE,
                         reason=f"Audit (not blocked): {verdict.reason}", **common)
     resource_allows = _resource_rules_allow(compiled, direction, facts)
     return Decision(
@@ -231,7 +232,8 @@ def _failure(policy: Policy, compiled: CompiledAssociation | None, direction: Di
     blocks = mode in (None, AccessMode.ENFORCED)
     return Decision(
         direction=direction, allowed=not blocks, would_deny=True, category=_PERIMETER_DENIED[direction],
-        result_action=ResultAction.DENIED, mode=mode, traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE,
+        result_action=ResultAction.DENIED if blocks else ResultAction.APPROVED, mode=mode,
+        traffic_type=TrafficType.PUBLIC, rule_type=RuleType.NONE,
         matched_rule=None, profile=compiled.profile.name if compiled else None,
         resource=compiled.association.name if compiled else None,
         perimeter=compiled.perimeter.name if compiled else None, generation=policy.generation,

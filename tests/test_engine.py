@@ -309,8 +309,8 @@ def test_transition_nsp_rules_still_allow_when_public_access_is_disabled(policy:
 def test_audit_logs_a_denial_and_lets_it_through(policy: Policy) -> None:
     decision = inbound(policy, "search-audit", "203.0.113.77")
     assert decision.allowed and decision.would_deny
-    assert decision.category is Category.PUBLIC_INBOUND_PERIMETER_DENIED
-    assert decision.result_action is ResultAction.DENIED
+    assert decision.category is Category.PUBLIC_INBOUND_PERIMETER_DENIED  # the category Enforced would log
+    assert decision.result_action is ResultAction.APPROVED  # what happened: it went through
     assert decision.mode is AccessMode.AUDIT
     assert decision.reason.startswith("Audit")
 
@@ -413,7 +413,7 @@ def test_outbound_audit_is_logged_as_denied_and_let_through(policy: Policy) -> N
     decision = outbound(policy, "search-audit", "example.com")
     assert decision.allowed and decision.would_deny
     assert decision.category is Category.PUBLIC_OUTBOUND_PERIMETER_DENIED
-    assert decision.result_action is ResultAction.DENIED
+    assert decision.result_action is ResultAction.APPROVED
 
 
 def test_outbound_unattributed_caller_is_denied(policy: Policy) -> None:

@@ -335,7 +335,8 @@ def test_transition_consults_the_resources_own_network_rules(nsp_proxy: StartPro
 
 def test_audit_logs_like_enforced_but_never_blocks(nsp_proxy: StartProxy, azurite: Azurite) -> None:
     """Audit (documented choice): every request goes through, and is logged exactly as Enforced would decide it,
-    i.e. PerimeterRulesDenied with ResultAction Denied; nsp_would_deny_total counts them under mode Audit."""
+    i.e. PerimeterRulesDenied, with ResultAction Approved (it went through); nsp_would_deny_total counts them
+    under mode Audit."""
     port = free_port()
     proxy = nsp_proxy(single([prefix_rule("office", OFFICE)], url_of(azurite), port, mode="Audit"))
     trace = SdkTrace()
@@ -346,7 +347,7 @@ def test_audit_logs_like_enforced_but_never_blocks(nsp_proxy: StartProxy, azurit
     records = exactly(proxy, len(trace.calls))
     assert [r["OperationName"] for r in records] == trace.calls
     for record in records:
-        check(record, DENIED, "Denied", None)
+        check(record, DENIED, "Approved", None)
         assert "Audit" in record["ResultDescription"]
     assert proxy.metric("nsp_would_deny_total", resource="store", mode="Audit") == len(trace.calls)
     assert proxy.metric("nsp_decisions_total", resource="store", result="allowed", mode="Audit") == len(trace.calls)

@@ -3,7 +3,7 @@
 One proxy serves every mode side by side (Enforced, Transition, Audit, and an Enforced listener that denies),
 in front of one recording keep-alive backend, so that a body smuggled as a second request would be seen as a hit
 of its own. Each case checks the invariant the issue names: every request the backend receives has exactly one
-record naming it, Approved (Audit: logged Denied as Enforced would, and forwarded), and nothing else reaches it;
+record naming it, Approved (Audit: with the category Enforced would log), and nothing else reaches it;
 a request refused for its wire form has one NspProxyRequestRefused record and reaches nothing.
 """
 
@@ -64,7 +64,7 @@ SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
 MODES = {
     "Enforced": ("open", (ALLOWED, "Approved")),
     "Transition": ("office", (RESOURCE_ALLOWED, "Approved")),
-    "Audit": ("office", (DENIED, "Denied")),  # Audit logs as Enforced would decide, and never blocks
+    "Audit": ("office", (DENIED, "Approved")),  # Audit logs Enforced's category, and never blocks
 }
 
 
