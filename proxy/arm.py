@@ -13,12 +13,12 @@ and resourceGroup(). Others are reported, not guessed. Resources of other types 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from proxy.arm_expressions import Deployment, ExpressionError, Scope, evaluate, is_expression
+from proxy.configfile import parse_json, read_text
 from proxy.errors import ConfigError, Problem
 
 NSP_TYPE = "microsoft.network/networksecurityperimeters"
@@ -47,13 +47,7 @@ class Origin:
 
 def read_json(path: Path, what: str) -> Any:
     """The JSON document at ``path``; a ConfigError naming the file and the line otherwise."""
-    source = str(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(source, [Problem("", f"cannot read {what}: {exc.strerror or exc}")]) from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(source, [Problem(f"line {exc.lineno}, column {exc.colno}", f"not JSON: {exc.msg}")]) from None
+    return parse_json(read_text(path, what), str(path))
 
 
 def convert_file(path: Path, bindings: dict[str, Any], deployment: Deployment | None = None,

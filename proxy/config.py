@@ -21,10 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
-import yaml
 
 from proxy import arm
 from proxy.arm_expressions import Deployment
+from proxy.configfile import parse_text, read_text
 from proxy.errors import ConfigError, Problem
 from proxy.model import (
     DEFAULT_RESOURCE_GROUP,
@@ -76,36 +76,18 @@ def schema() -> dict[str, Any]:
 def load_config(path: str | Path) -> Config:
     """Load, validate and return the configuration at ``path``; raise ``ConfigError`` if it is not usable."""
     file = Path(path)
-    source = str(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, [Problem("", f"cannot read file: {exc.strerror or exc}")]) from None
-    return parse_config_text(text, source, base_dir=file.parent)
+    return parse_config_text(read_text(file), str(file), base_dir=file.parent)
 
 
 def parse_config_text(text: str, source: str, base_dir: Path | None = None) -> Config:
-    try:
-        document = _parse_json_or_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(source, [Problem(where, f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}")]) from None
+    document = parse_text(text, source)
+    if document is None:
+        raise ConfigError(source, [Problem("", "the file is empty: expected a mapping with 'perimeters' (or 'arm' "
+                                               "and 'bindings'), or an ARM template/export")])
     if not isinstance(document, dict) and not arm.looks_like_arm(document):
         raise ConfigError(source, [Problem("", "expected a mapping with 'perimeters' (or 'arm' and 'bindings'), "
                                                "or an ARM template/export")])
     return _Validator(source, base_dir or Path(".")).run(document)
-
-
-def _parse_json_or_yaml(text: str) -> Any:
-    """JSON (ARM files, which may indent with tabs that YAML refuses) or YAML; YAML's errors otherwise."""
-    stripped = text.strip()
-    if stripped.startswith(("{", "[")):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError:
-            pass  # YAML flow style, or broken JSON: YAML's parser says where
-    return yaml.safe_load(text) if stripped else None
 
 
 class _Validator:
