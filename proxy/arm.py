@@ -74,9 +74,12 @@ class _Converter:
         self.problems: list[Problem] = []
 
     def convert(self, document: Any, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        if not isinstance(document, dict | list):
+            raise ConfigError(self.source, [Problem("", f"expected an ARM template, export or resource list (a "
+                                                        f"JSON object or array), not {type(document).__name__}")])
         scope = Scope(
-            parameters=dict(document.get("parameters") or {}) if isinstance(document, dict) else {},
-            variables=dict(document.get("variables") or {}) if isinstance(document, dict) else {},
+            parameters=self._mapping(document, "parameters", ""),
+            variables=self._mapping(document, "variables", ""),
             deployment=self.deployment,
         )
         # Templates deploy other resources too (the Key Vault itself, feature registrations): only the NSP
@@ -134,6 +137,8 @@ class _Converter:
         if isinstance(resource.get("resources"), list):
             out["resources"] = [self._evaluate_resource(r, f"{where}.resources[{i}]", scope)
                                 for i, r in enumerate(resource["resources"])]
+        elif "resources" in resource:
+            out["resources"] = resource["resources"]  # not a list: reported by _flatten
         return out
 
     def _top_level(self, document: Any) -> list[tuple[dict[str, Any], str]]:
@@ -142,8 +147,7 @@ class _Converter:
         if isinstance(document, dict) and "type" in document:
             return [(document, "")]
         key = "resources" if "resources" in document else "value"
-        items = document.get(key) or []
-        return [(r, f"{key}[{i}]") for i, r in enumerate(items)]
+        return [(r, f"{key}[{i}]") for i, r in enumerate(self._sequence(document, key, ""))]
 
     def _flatten(self, items: list[tuple[dict[str, Any], str]], parent_type: str | None,
                  parent_names: list[str] | None):
@@ -157,7 +161,7 @@ class _Converter:
             names = self._names(resource, rtype, parent_names, where)
             if names is not None:
                 yield rtype, names, resource, where
-                nested = resource.get("resources") or []
+                nested = self._sequence(resource, "resources", where)
                 yield from self._flatten([(r, f"{where}.resources[{i}]") for i, r in enumerate(nested)], rtype, names)
 
     def _names(self, resource: dict[str, Any], rtype: str, parent: list[str] | None, where: str) -> list[str] | None:
@@ -186,7 +190,7 @@ class _Converter:
             out["location"] = resource["location"]
         if str(resource.get("id", "")).lower().startswith("/subscriptions/"):
             out["id"] = resource["id"]
-        guid = (resource.get("properties") or {}).get("perimeterGuid")
+        guid = self._mapping(resource, "properties", "").get("perimeterGuid")
         if guid:
             out["perimeterGuid"] = guid
         return out
@@ -194,7 +198,7 @@ class _Converter:
     def _attach(self, perimeter: dict[str, Any], kind: str, names: list[str], resource: dict[str, Any],
                 where: str) -> str | None:
         """Add a child resource to its perimeter; return its path below the perimeter in the native document."""
-        props = dict(resource.get("properties") or {})
+        props = self._mapping(resource, "properties", where)
         for volatile in ("provisioningState", "resourceGuid", "hasProvisioningStateChanged"):
             props.pop(volatile, None)
         if kind == "profiles":
@@ -202,14 +206,36 @@ class _Converter:
         if kind == "profiles/accessrules":
             index = self._profile(perimeter, names[1])
             rules = perimeter["profiles"][index]["accessRules"]
-            rules.append({"name": names[2], **props})
+            rules.append({**props, "name": names[2]})
             return f"profiles[{index}].accessRules[{len(rules) - 1}]"
         if kind == "resourceassociations":
-            perimeter["resourceAssociations"].append({"name": names[1], **props})
+            perimeter["resourceAssociations"].append({**props, "name": names[1]})
             return f"resourceAssociations[{len(perimeter['resourceAssociations']) - 1}]"
         self.problems.append(Problem(where, f"unsupported resource type {kind!r} "
                                             f"(supported: {', '.join(sorted(KNOWN_CHILDREN))})"))
         return None
+
+    def _mapping(self, node: Any, key: str, where: str) -> dict[str, Any]:
+        """``node[key]`` as a (copied) mapping: absent is empty, anything else but a mapping is reported."""
+        value = node.get(key) if isinstance(node, dict) else None
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problems.append(Problem(f"{where}.{key}" if where else key, f"expected an object, not "
+                                                                              f"{type(value).__name__}"))
+            return {}
+        return dict(value)
+
+    def _sequence(self, node: dict[str, Any], key: str, where: str) -> list[Any]:
+        """``node[key]`` as a list: absent is empty, anything else but a list is reported."""
+        value = node.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problems.append(Problem(f"{where}.{key}" if where else key, f"expected an array, not "
+                                                                              f"{type(value).__name__}"))
+            return []
+        return value
 
     @staticmethod
     def _profile(perimeter: dict[str, Any], name: str) -> int:

@@ -165,12 +165,15 @@ class _Validator:
         }
 
     def _import_arm(self, document: dict[str, Any]) -> dict[str, Any]:
+        self._check_schema({key: document[key] for key in ARM_KEYS if key in document})  # their shapes first
+        if self.problems:
+            raise ConfigError(self.source, self.problems)
         arm_path = self.base_dir / str(document["arm"])
         self.files.append(str(arm_path))
         try:
             converted, origins = arm.convert_file(arm_path, document.get("bindings") or {}, self._deployment(document))
         except ConfigError as exc:
-            problems = [p if p.source is not None else replace(p, source=exc.source) for p in exc.problems]
+            problems = [_referenced_problem(p, exc.source, str(arm_path), "arm") for p in exc.problems]
             raise ConfigError(self.source, problems) from None
         rest = {k: v for k, v in document.items() if k not in ARM_KEYS}
         return {**rest, **self._adopt_arm(converted, origins)}
@@ -210,7 +213,11 @@ class _Validator:
             return {str(k): _parameter_value(v) for k, v in given.items()}
         path = self.base_dir / str(given)
         self.files.append(str(path))
-        document = arm.read_json(path, "ARM parameters file")
+        try:
+            document = arm.read_json(path, "ARM parameters file")
+        except ConfigError as exc:
+            problems = [_referenced_problem(p, exc.source, str(path), "armParameters") for p in exc.problems]
+            raise ConfigError(self.source, problems) from None
         entries = document.get("parameters") if isinstance(document, dict) else None
         if not isinstance(entries, dict):
             raise ConfigError(str(path), [Problem("parameters", "expected an ARM parameters file: "
@@ -461,6 +468,16 @@ def _canonical_enum(key: str, value: Any) -> Any:
         if isinstance(value, str) and value.lower() == choice.lower():
             return choice
     return value
+
+
+def _referenced_problem(problem: Problem, source: str, path: str, key: str) -> Problem:
+    """A problem found in a file this one references at ``key`` (``arm``, ``armParameters``), in the terms of
+    the file it is in; one with that file as a whole (it cannot be read) is reported at ``key``, which named it."""
+    if problem.source is not None:
+        return problem
+    if source == path and not problem.path and problem.reason.startswith("cannot read"):
+        return Problem(key, f"{path}: {problem.reason}")
+    return replace(problem, source=source)
 
 
 def _parameter_value(value: Any) -> Any:

@@ -752,7 +752,8 @@ def test_arm_file_missing(tmp_path: Path) -> None:
     (tmp_path / "bindings.yaml").write_text("arm: gone.json\nbindings: {}\n", encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "bindings.yaml")
-    assert_reported(caught.value, "(top level)", "cannot read ARM file", file="gone.json")
+    # Reported at the key that named it, in the file the user gave, with the path that could not be read.
+    assert_reported(caught.value, "arm", "gone.json: cannot read ARM file", file="bindings.yaml")
 
 
 def test_arm_binding_that_matches_nothing_is_refused(tmp_path: Path) -> None:
