@@ -3,11 +3,17 @@
 The mitmproxy addons hold a ``Runtime`` and ask it to decide; they never touch rules themselves. Swapping
 ``policy`` is a single reference assignment, so a reload never exposes a half-built policy, and a failed
 reload leaves the previous one untouched (brief: "a broken change never replaces a working one").
+
+A reload reads, parses, validates and compiles the new generation in a worker thread (``Runtime.prepare``),
+so traffic keeps flowing while a large configuration is loaded, and swaps it in on the event loop
+(``Runtime.install``). A reload that fails for any reason, a bug included, keeps the generation in force and
+counts ``nsp_config_reloads_total{result="failure"}``; the initial load is not a reload and is not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -16,11 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from proxy import preflight
 from proxy.accesslog import AccessLogWriter, build_record
 from proxy.config import load_config
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.engine import decide_inbound, decide_outbound
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, shorten
 from proxy.indexes import PrefixIndex
 from proxy.model import Config
 from proxy.policy import Policy, compile_policy
@@ -52,7 +59,8 @@ class Runtime:
         from proxy.metrics import Metrics  # imported here: prometheus_client is only needed when running
 
         self.metrics = Metrics()
-        self.metrics.reloads.labels("success").inc()
+        for result in ("success", "failure"):  # both series exist from the start; the initial load is no reload
+            self.metrics.reloads.labels(result)
         self.metrics.generation.set(1)
         self._signature = _signature(config.files)
         for warning in config.warnings:
@@ -120,29 +128,55 @@ class Runtime:
 
     # -- reloading --------------------------------------------------------------------------------------------
 
-    def reload(self) -> bool:
-        """Load the config file again; keep the current policy if the new one is not valid."""
+    def prepare(self) -> Generation:
+        """Everything the next generation needs, built without touching the one in force (thread-safe: it only
+        reads). ConfigError if the file is refused or this machine cannot run it (a new listener's port is
+        taken, the new access log cannot be opened)."""
         assert self.config_path is not None
-        generation = self.policy.generation + 1
+        config = load_config(self.config_path)
+        policy = compile_policy(config, self.policy.generation + 1)
+        held = [(host, port) for host, port, _kind in self.policy.listeners]
+        problems = preflight.check_listeners(preflight.listeners(config, None), held)
+        target = self.access_log_target(config)
+        if target != self.writer.target:
+            problems += preflight.check_access_log(target, "settings.accessLog")
+        if problems:
+            raise ConfigError(config.source, problems)
+        return Generation(config, policy, _trusted(config), Resolver(config.settings), target)
+
+    def install(self, new: Generation, apply_listeners: Callable[[], None] = lambda: None) -> None:
+        """Put a prepared generation in force (on the event loop, where requests are decided).
+        ``apply_listeners`` opens/closes listeners for it; if it fails, the previous generation is restored."""
+        writer = AccessLogWriter(new.access_log) if new.access_log != self.writer.target else None
+        previous = (self.policy, self.trusted_proxies, self.resolver)
+        self.policy, self.trusted_proxies, self.resolver = new.policy, new.trusted, new.resolver
         try:
-            # Build everything the new generation needs first; swap only when nothing can fail any more.
-            config = load_config(self.config_path)
-            policy = compile_policy(config, generation)
-            trusted, resolver = _trusted(config), Resolver(config.settings)
-            target = self.access_log_target(config)
-            writer = AccessLogWriter(target) if target != self.writer.target else None
-        except ConfigError as exc:
-            return self._refused(str(exc))
-        except (OSError, ValueError) as exc:
-            return self._refused(f"{self.config_path}: {exc}")
-        self.policy, self.trusted_proxies, self.resolver = policy, trusted, resolver
+            apply_listeners()
+        except BaseException:
+            self.policy, self.trusted_proxies, self.resolver = previous
+            if writer is not None:
+                writer.close()
+            with contextlib.suppress(Exception):
+                apply_listeners()
+            raise
         if writer is not None:
             self._swap_writer(writer)
         self.metrics.reloads.labels("success").inc()
-        self.metrics.generation.set(generation)
-        for warning in config.warnings:
+        self.metrics.generation.set(new.policy.generation)
+        for warning in new.config.warnings:
             log.warning("%s", warning)
-        log.info("config generation %d in force (%s)", generation, config.source)
+        log.info("config generation %d in force (%s)", new.policy.generation, new.config.source)
+
+    async def reload(self, apply_listeners: Callable[[], None] = lambda: None) -> bool:
+        """Load the config file again, off the event loop; keep the generation in force if anything fails."""
+        try:
+            self.install(await asyncio.to_thread(self.prepare), apply_listeners)
+        except ConfigError as exc:
+            return self._refused(str(exc))
+        except OSError as exc:  # the new access log cannot be opened
+            return self._refused(f"{self.config_path}: {shorten(str(exc))}")
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop reloading nor take the proxy down
+            return self._refused(f"{self.config_path}: internal error: {type(exc).__name__}: {shorten(str(exc))}")
         return True
 
     def reopen_access_log(self) -> None:
@@ -176,19 +210,31 @@ class Runtime:
         self._signature = signature
         return True
 
-    async def watch(self, on_reload: Callable[[], None]) -> None:
+    async def watch(self, apply_listeners: Callable[[], None]) -> None:
         """Poll the config files; reload on change. Polling survives editors that replace files by rename."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
-                if self.config_path and self.changed_on_disk() and self.reload():
-                    on_reload()
-            except Exception:  # the watcher must outlive any one bad reload
-                log.exception("config reload failed; watching for the next change")
+                if self.config_path and self.changed_on_disk():
+                    await self.reload(apply_listeners)
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad reload
+                log.error("config watcher: %s: %s; watching for the next change", type(exc).__name__,
+                          shorten(str(exc)))
 
     def close(self) -> None:
         self.writer.close()
         self.metrics.stop()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A configuration generation prepared off the event loop, ready to be put in force."""
+
+    config: Config
+    policy: Policy
+    trusted: PrefixIndex[bool]
+    resolver: Resolver
+    access_log: str
 
 
 def _trusted(config: Config) -> PrefixIndex[bool]:

@@ -832,7 +832,7 @@ def test_explain_and_validate_take_an_arm_file() -> None:
 
 def test_run_refuses_an_arm_file_without_bindings() -> None:
     result = run_cli("run", "-c", str(ARM_DIR / "nsp-export.json"), "--metrics", "off")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "names no listener" in result.stderr and "bindings" in result.stderr
 
 
@@ -895,13 +895,13 @@ def test_example_validates_with_the_cli(path: Path) -> None:
 # -- nsp-proxy validate ---------------------------------------------------------------------------------------------
 
 
-def test_validate_invalid_exits_1_with_the_problem_on_stderr(tmp_path: Path) -> None:
+def test_validate_invalid_exits_2_with_the_problem_on_stderr(tmp_path: Path) -> None:
     document = base_document()
     rules(document)[0]["addressPrefixes"] = ["10.0.0.1/8"]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     result = run_cli("validate", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout == ""
     assert f"{path}: {RULE0}.addressPrefixes[0]:" in result.stderr
     assert "host bits" in result.stderr
@@ -913,9 +913,9 @@ def test_version_is_the_installed_package_version() -> None:
     assert result.stdout.strip() == f"nsp-proxy {metadata.version('nsp-proxy')}"
 
 
-def test_validate_missing_file_exits_1(tmp_path: Path) -> None:
+def test_validate_missing_file_exits_2(tmp_path: Path) -> None:
     result = run_cli("validate", str(tmp_path / "none.yaml"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "none.yaml" in result.stderr and "cannot read" in result.stderr
 
 
@@ -937,11 +937,11 @@ def test_validate_json_summary(tmp_path: Path) -> None:
     assert any("18080" in mode for mode in summary["listeners"])
 
 
-def test_validate_json_invalid_exits_1(tmp_path: Path) -> None:
+def test_validate_json_invalid_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("perimeters: [{name: p1, colour: red}]\n", encoding="utf-8")
     result = run_cli("validate", "--json", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "'colour'" in result.stderr
 
 
