@@ -93,7 +93,7 @@ class _Converter:
         for rtype, names, resource, where in flat:
             if rtype == NSP_TYPE:
                 origins[f"perimeters[{len(perimeters)}]"] = Origin(self.source, where)
-                perimeters[names[0].lower()] = self._perimeter(names[0], resource)
+                perimeters[names[0].lower()] = self._perimeter(names[0], resource, where)
             elif rtype.startswith(NSP_TYPE + "/"):
                 children.append((rtype[len(NSP_TYPE) + 1 :], names, resource, where))
         for kind, names, resource, where in children:
@@ -182,7 +182,7 @@ class _Converter:
             return None
         return names
 
-    def _perimeter(self, name: str, resource: dict[str, Any]) -> dict[str, Any]:
+    def _perimeter(self, name: str, resource: dict[str, Any], where: str) -> dict[str, Any]:
         out: dict[str, Any] = {"name": name, "subscriptionId": self.deployment.subscription_id,
                                "resourceGroup": self.deployment.resource_group, "profiles": [],
                                "resourceAssociations": []}
@@ -190,7 +190,7 @@ class _Converter:
             out["location"] = resource["location"]
         if str(resource.get("id", "")).lower().startswith("/subscriptions/"):
             out["id"] = resource["id"]
-        guid = self._mapping(resource, "properties", "").get("perimeterGuid")
+        guid = self._mapping(resource, "properties", where).get("perimeterGuid")
         if guid:
             out["perimeterGuid"] = guid
         return out
