@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,8 +134,9 @@ class Runtime:
         reads). ConfigError if the file is refused or this machine cannot run it (a new listener's port is
         taken, the new access log cannot be opened)."""
         assert self.config_path is not None
-        config = load_config(self.config_path)
-        policy = compile_policy(config, self.policy.generation + 1)
+        with _collector_paused():
+            config = load_config(self.config_path)
+            policy = compile_policy(config, self.policy.generation + 1)
         held = [(host, port) for host, port, _kind in self.policy.listeners]
         problems = preflight.check_listeners(preflight.listeners(config, None), held)
         target = self.access_log_target(config)
@@ -235,6 +237,22 @@ class Generation:
     trusted: PrefixIndex[bool]
     resolver: Resolver
     access_log: str
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a generation is built (reloads never overlap).
+    Parsing 10,000 rules allocates hundreds of thousands of short-lived objects; each full collection they
+    trigger scans all of them and the whole heap while holding the GIL, which stalled the event loop for up to
+    0.7 s although the work ran in a worker thread. Nothing built here is cyclic garbage (reference counting
+    frees it), and the collector resumes right after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _trusted(config: Config) -> PrefixIndex[bool]:
