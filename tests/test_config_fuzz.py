@@ -7,7 +7,9 @@ Whatever comes out must be a ``Config`` or a ``ConfigError`` whose message is sh
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -17,6 +19,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from proxy.cli import main
 from proxy.config import load_config, parse_config_text
 from proxy.errors import ConfigError
 
@@ -138,3 +141,19 @@ yaml_tokens = st.sampled_from(["a:", " ", "\n", "  ", "- ", "[", "]", "{", "}", 
 @given(text=st.lists(yaml_tokens, max_size=40).map("".join))
 def test_random_yaml_text_is_refused_cleanly(text: str) -> None:
     assert_refused_cleanly(lambda: parse_config_text(text, "fuzz.yaml"), "fuzz.yaml")
+
+
+@FUZZ
+@given(document=st.one_of(*(mutated(base) for base in NATIVE)), style=st.sampled_from(["json", "yaml"]))
+def test_validate_exits_0_or_2_with_a_message_never_1(document: Any, style: str) -> None:
+    """The command line over the same generated files: exit 0 (valid) or 2 (refused, said why on stderr),
+    never 1 (internal error) and never an exception out of main()."""
+    with tempfile.TemporaryDirectory() as workdir:
+        path = Path(workdir) / f"fuzz.{style}"
+        path.write_text(as_text(document, style), encoding="utf-8")
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(["validate", str(path)])
+    assert status in (0, 2), err.getvalue()
+    assert status == 0 or (str(path) in err.getvalue() and "configuration refused" in err.getvalue())
+    assert "Traceback" not in err.getvalue()
