@@ -18,6 +18,7 @@ import gc
 import ipaddress
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from proxy.resolver import Resolver
 log = logging.getLogger("nsp-proxy")
 
 POLL_SECONDS = 0.25
+BUILD_SWITCH_INTERVAL = 0.0005  # s; see _collector_paused
 
 
 @dataclass(frozen=True)
@@ -246,11 +248,13 @@ def _collector_paused() -> Iterator[None]:
     trigger scans all of them and the whole heap while holding the GIL, which stalled the event loop for up to
     0.7 s although the work ran in a worker thread. Nothing built here is cyclic garbage (reference counting
     frees it), and the collector resumes right after."""
-    enabled = gc.isenabled()
+    enabled, interval = gc.isenabled(), sys.getswitchinterval()
     gc.disable()
+    sys.setswitchinterval(BUILD_SWITCH_INTERVAL)
     try:
         yield
     finally:
+        sys.setswitchinterval(interval)
         if enabled:
             gc.enable()
 
