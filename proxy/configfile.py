@@ -145,8 +145,10 @@ def load_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(source, [Problem(where, f"not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}")]
-                          ) from None
+        problem = str(getattr(exc, "problem", None) or exc)
+        if "maximum nesting depth" in problem:  # libyaml >= 0.2.5 can stop first, scanning ahead in flow style
+            problem = f"nested more than {MAX_DEPTH} levels deep"
+        raise ConfigError(source, [Problem(where, f"not valid YAML/JSON: {problem}")]) from None
     finally:
         getattr(loader, "dispose", lambda: None)()
 
