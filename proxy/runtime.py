@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from proxy import preflight
 from proxy.accesslog import AccessLogWriter, build_record
 from proxy.config import load_config
+from proxy.configfile import collector_paused
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.engine import decide_inbound, decide_outbound
 from proxy.errors import ConfigError, shorten
@@ -38,7 +37,6 @@ from proxy.resolver import Resolver
 log = logging.getLogger("nsp-proxy")
 
 POLL_SECONDS = 0.25
-BUILD_SWITCH_INTERVAL = 0.0005  # s; see _collector_paused
 
 
 @dataclass(frozen=True)
@@ -136,7 +134,7 @@ class Runtime:
         reads). ConfigError if the file is refused or this machine cannot run it (a new listener's port is
         taken, the new access log cannot be opened)."""
         assert self.config_path is not None
-        with _collector_paused():
+        with collector_paused():
             config = load_config(self.config_path)
             policy = compile_policy(config, self.policy.generation + 1)
         held = [(host, port) for host, port, _kind in self.policy.listeners]
@@ -239,24 +237,6 @@ class Generation:
     trusted: PrefixIndex[bool]
     resolver: Resolver
     access_log: str
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while a generation is built (reloads never overlap).
-    Parsing 10,000 rules allocates hundreds of thousands of short-lived objects; each full collection they
-    trigger scans all of them and the whole heap while holding the GIL, which stalled the event loop for up to
-    0.7 s although the work ran in a worker thread. Nothing built here is cyclic garbage (reference counting
-    frees it), and the collector resumes right after."""
-    enabled, interval = gc.isenabled(), sys.getswitchinterval()
-    gc.disable()
-    sys.setswitchinterval(BUILD_SWITCH_INTERVAL)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(interval)
-        if enabled:
-            gc.enable()
 
 
 def _trusted(config: Config) -> PrefixIndex[bool]:
