@@ -57,8 +57,8 @@ def check_listeners(wanted: Iterable[tuple[str, int, str]], held: Iterable[Endpo
 
 
 def check_access_log(target: str, field: str) -> list[Problem]:
-    """The access-log target can be opened for appending: ``-``, or a path whose directory exists and which
-    is not itself a directory (a FIFO or device is the operator's choice)."""
+    """The access-log target can be opened for appending without blocking: ``-``, a regular file or character
+    device (``/dev/stdout``), or a path that can be created."""
     if target == "-":
         return []
     try:
@@ -80,6 +80,8 @@ def check_access_log(target: str, field: str) -> list[Problem]:
         return [Problem(field, f"{target!r:.200}: {exc.strerror or exc}")]
     if stat.S_ISDIR(mode):
         return [Problem(field, f"{target!r:.200} is a directory, not a file")]
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):  # a FIFO would block the proxy until a reader comes
+        return [Problem(field, f"{target!r:.200} is not a regular file or a character device (use - for stdout)")]
     if not os.access(encoded, os.W_OK):
         return [Problem(field, f"{target!r:.200} is not writable")]
     return []
