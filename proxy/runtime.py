@@ -25,7 +25,7 @@ from typing import Any
 from proxy import preflight
 from proxy.accesslog import AccessLogWriter, build_record
 from proxy.config import load_config
-from proxy.configfile import collector_paused
+from proxy.configfile import building
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.engine import decide_inbound, decide_outbound
 from proxy.errors import ConfigError, shorten
@@ -134,7 +134,7 @@ class Runtime:
         reads). ConfigError if the file is refused or this machine cannot run it (a new listener's port is
         taken, the new access log cannot be opened)."""
         assert self.config_path is not None
-        with collector_paused():
+        with building():
             config = load_config(self.config_path)
             policy = compile_policy(config, self.policy.generation + 1)
         held = [(host, port) for host, port, _kind in self.policy.listeners]
