@@ -149,16 +149,10 @@ def _load(path: str | None) -> Config | None:
         return None
 
 
-def _metrics_of(config: Config) -> tuple[str, int] | None:
-    s = config.settings
-    return (s.metrics_listen_host or "127.0.0.1", s.metrics_listen_port) if s.metrics_listen_port else None
-
-
 def _machine_ok(config: Config, access_log: str, log_field: str, metrics: tuple[str, int] | None,
                 metrics_field: str) -> bool:
     """What ``run`` needs from this machine beyond the file (``proxy.preflight``); refused like the file."""
-    problems = preflight.check_listeners(preflight.listeners(config, metrics, metrics_field))
-    problems += preflight.check_access_log(access_log, log_field)
+    problems = preflight.check_machine(config, access_log, log_field, metrics, metrics_field)
     if problems:
         print(f"nsp-proxy: configuration refused:\n{ConfigError(config.source, problems)}", file=sys.stderr)
     return not problems
@@ -172,7 +166,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_INVALID
     if not args.file_only and not _machine_ok(config, config.settings.access_log, "settings.accessLog",
-                                              _metrics_of(config), "settings.metrics"):
+                                              preflight.metrics_of(config), "settings.metrics"):
         return EXIT_INVALID
     summary = _summary(config)
     if args.json:
@@ -325,7 +319,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "an ARM file is run through a YAML file that gives 'arm:' and 'bindings:' (see README)",
               file=sys.stderr)
         return EXIT_INVALID
-    metrics, metrics_field = _metrics_of(config), "settings.metrics"
+    metrics, metrics_field = preflight.metrics_of(config), "settings.metrics"
     if args.metrics:
         metrics_field = "--metrics"
         try:

@@ -20,6 +20,19 @@ from proxy.model import Config
 Endpoint = tuple[str, int]
 
 
+def metrics_of(config: Config) -> Endpoint | None:
+    """The metrics endpoint ``settings.metrics`` asks for (None: off)."""
+    s = config.settings
+    return (s.metrics_listen_host or "127.0.0.1", s.metrics_listen_port) if s.metrics_listen_port else None
+
+
+def check_machine(config: Config, access_log: str, log_field: str, metrics: Endpoint | None,
+                  metrics_field: str) -> list[Problem]:
+    """Everything ``run`` will open for ``config`` with this access log and metrics endpoint (the fields name
+    where each came from: the file's settings or a command-line override)."""
+    return check_listeners(listeners(config, metrics, metrics_field)) + check_access_log(access_log, log_field)
+
+
 def listeners(config: Config, metrics: Endpoint | None, metrics_field: str = "settings.metrics",
               ) -> list[tuple[str, int, str]]:
     """(host, port, field) of every socket ``run`` would listen on for ``config``."""
