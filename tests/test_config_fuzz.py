@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from proxy.cli import main
 from proxy.config import load_config, parse_config_text
 from proxy.errors import ConfigError
+from proxy.listeners import mitmproxy_modes
+from proxy.policy import compile_policy
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "config" / "examples"
@@ -86,13 +88,17 @@ def mutated(draw: st.DrawFn, base: Any) -> Any:
 
 
 def assert_refused_cleanly(load: Any, *sources: str) -> None:
-    """``load()`` returns a Config or raises ConfigError with a short message naming one of ``sources``."""
+    """``load()`` returns a Config that compiles (what validate accepts, run can run) or raises ConfigError with
+    a short message naming one of ``sources``."""
     try:
-        load()
+        config = load()
     except ConfigError as exc:
         text = str(exc)
         assert text and any(source in text for source in sources), text
         assert all(len(line) < 1200 for line in text.splitlines()), text[:2000]
+    else:
+        compile_policy(config, generation=2)
+        mitmproxy_modes(config, "http://127.0.0.1:1")
 
 
 def as_text(document: Any, style: str) -> str:
