@@ -14,14 +14,10 @@ pure-Python one otherwise; either way the composer is PyYAML's, extended to coun
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import math
 import os
 import stat
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +29,7 @@ from yaml.nodes import Node
 from yaml.resolver import Resolver
 
 from proxy.errors import ConfigError, Problem
+from proxy.gcpolicy import building
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # a 10,000-rule configuration is under 1 MiB
 MAX_DEPTH = 64  # real configurations and ARM exports nest about 10 deep
@@ -57,32 +54,6 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
             Parser.__init__(self)
 
     LIBYAML = False
-
-BUILD_SWITCH_INTERVAL = 0.0005  # seconds, while building (Python's default is 0.005)
-BUILD_GC_THRESHOLDS = (20_000, 1_000_000, 1_000_000)  # young collections only (default 700, 10, 10)
-
-
-@contextlib.contextmanager
-def building() -> Iterator[None]:
-    """The garbage collector and thread switching tuned while a configuration is parsed and compiled
-    (never by two threads at once).
-
-    Parsing 10,000 rules builds hundreds of thousands of objects that live until the document is complete;
-    with the default thresholds they trigger full collections that scan them and the whole heap while holding
-    the GIL, which stalled the event loop for up to 0.7 s although a reload runs in a worker thread. Pausing
-    the collector instead lets the traffic's own cyclic garbage pile up for the whole reload and costs one
-    collection of 250 ms when it resumes. So: only young collections, of at most 20,000 objects each (a few
-    ms), which still reclaim the traffic's garbage. The short switch interval lets the event loop take the
-    GIL back from the worker sooner."""
-    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
-    gc.set_threshold(*BUILD_GC_THRESHOLDS)
-    sys.setswitchinterval(BUILD_SWITCH_INTERVAL)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(interval)
-        gc.set_threshold(*thresholds)
-
 
 _KIND = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR:
          "a character device", stat.S_IFBLK: "a block device"}

@@ -25,10 +25,10 @@ from typing import Any
 from proxy import preflight
 from proxy.accesslog import AccessLogWriter, build_record
 from proxy.config import load_config
-from proxy.configfile import building
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.engine import decide_inbound, decide_outbound
 from proxy.errors import ConfigError, shorten
+from proxy.gcpolicy import LongLived, building
 from proxy.indexes import PrefixIndex
 from proxy.model import Config
 from proxy.policy import Policy, compile_policy
@@ -64,6 +64,7 @@ class Runtime:
             self.metrics.reloads.labels(result)
         self.metrics.generation.set(1)
         self._signature = _signature(config.files)
+        self._long_lived = LongLived()
         for warning in config.warnings:
             log.warning("%s", warning)
 
@@ -173,6 +174,7 @@ class Runtime:
         """Load the config file again, off the event loop; keep the generation in force if anything fails."""
         try:
             self.install(await asyncio.to_thread(self.prepare), apply_listeners)
+            self._long_lived.freeze()  # the new generation is never scanned by a full collection (gcpolicy)
         except ConfigError as exc:
             return self._refused(str(exc))
         except OSError as exc:  # the new access log cannot be opened
@@ -216,6 +218,7 @@ class Runtime:
         """Poll the config files; reload on change. Polling survives editors that replace files by rename."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
+            self._long_lived.tick()
             try:
                 if self.config_path and self.changed_on_disk():
                     await self.reload(apply_listeners)
