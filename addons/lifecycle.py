@@ -11,6 +11,7 @@ Options (``--set name=value``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -41,6 +42,7 @@ class NspLifecycle:
         self._late_listeners: asyncio.Task | None = None  # see compat.open_listeners_before_running
 
     def load(self, loader: Loader) -> None:
+        _ignore_sighup()  # `mitmdump -s`: SIGHUP must not kill the proxy before running() handles it
         loader.add_option("nsp_config", str, "", "nsp-proxy configuration file (YAML).")
         loader.add_option("nsp_access_log", str, "", "Access-log target (file path, or - for stdout); "
                                                      "overrides settings.accessLog.")
@@ -92,7 +94,8 @@ class NspLifecycle:
         if self._watch:
             self._watch.cancel()
             if hasattr(signal, "SIGHUP"):
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)  # resets it to SIG_DFL
+                _ignore_sighup()  # a SIGHUP while the last records are written must not kill the process
         if self.runtime:
             self.runtime.close()  # writes pending records, flushes the queue (bounded by accessLogFlushTimeout)
             log.info("nsp-proxy stopped; %d access-log records written", self.runtime.records_written)
@@ -132,8 +135,8 @@ class NspLifecycle:
             # Never mitmproxy's default listener (an open forward proxy on *:8080): no listener at all.
             log.warning("nsp-proxy: the configuration in force names no listener; nothing is listening")
         if list(ctx.options.mode) != modes:
-            # OptionsError here (a listener mitmproxy cannot open) is logged by the runtime's watcher; the
-            # rules of the new generation are in force either way.
+            # OptionsError here (a listener mitmproxy cannot open) makes the runtime keep the previous
+            # generation (Runtime.install) and count the reload as failed.
             # lazy: no upstream connection is opened before a request has been decided, so a denied caller
             # never causes as much as a TCP handshake with the resource behind the proxy.
             # keep_host_header: the inbound gate must see the Host the caller used (it is logged as
@@ -141,6 +144,12 @@ class NspLifecycle:
             # server: `mitmdump -n` keeps mitmdump's own listener shut until the addon opens these (see compat).
             ctx.options.update(mode=modes, connection_strategy="lazy", keep_host_header=True, server=True)
             self.rewrites_host_header = True
+
+
+def _ignore_sighup() -> None:
+    if hasattr(signal, "SIGHUP"):
+        with contextlib.suppress(ValueError):  # not the main thread (an embedding program): its own business
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _overrides(access_log: str, metrics: str) -> Overrides:

@@ -13,12 +13,12 @@ and resourceGroup(). Others are reported, not guessed. Resources of other types 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from proxy.arm_expressions import Deployment, ExpressionError, Scope, evaluate, is_expression
+from proxy.configfile import parse_json, read_text
 from proxy.errors import ConfigError, Problem
 
 NSP_TYPE = "microsoft.network/networksecurityperimeters"
@@ -47,13 +47,7 @@ class Origin:
 
 def read_json(path: Path, what: str) -> Any:
     """The JSON document at ``path``; a ConfigError naming the file and the line otherwise."""
-    source = str(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(source, [Problem("", f"cannot read {what}: {exc.strerror or exc}")]) from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(source, [Problem(f"line {exc.lineno}, column {exc.colno}", f"not JSON: {exc.msg}")]) from None
+    return parse_json(read_text(path, what), str(path))
 
 
 def convert_file(path: Path, bindings: dict[str, Any], deployment: Deployment | None = None,
@@ -80,9 +74,12 @@ class _Converter:
         self.problems: list[Problem] = []
 
     def convert(self, document: Any, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        if not isinstance(document, dict | list):
+            raise ConfigError(self.source, [Problem("", f"expected an ARM template, export or resource list (a "
+                                                        f"JSON object or array), not {type(document).__name__}")])
         scope = Scope(
-            parameters=dict(document.get("parameters") or {}) if isinstance(document, dict) else {},
-            variables=dict(document.get("variables") or {}) if isinstance(document, dict) else {},
+            parameters=self._mapping(document, "parameters", ""),
+            variables=self._mapping(document, "variables", ""),
             deployment=self.deployment,
         )
         # Templates deploy other resources too (the Key Vault itself, feature registrations): only the NSP
@@ -96,7 +93,7 @@ class _Converter:
         for rtype, names, resource, where in flat:
             if rtype == NSP_TYPE:
                 origins[f"perimeters[{len(perimeters)}]"] = Origin(self.source, where)
-                perimeters[names[0].lower()] = self._perimeter(names[0], resource)
+                perimeters[names[0].lower()] = self._perimeter(names[0], resource, where)
             elif rtype.startswith(NSP_TYPE + "/"):
                 children.append((rtype[len(NSP_TYPE) + 1 :], names, resource, where))
         for kind, names, resource, where in children:
@@ -140,6 +137,8 @@ class _Converter:
         if isinstance(resource.get("resources"), list):
             out["resources"] = [self._evaluate_resource(r, f"{where}.resources[{i}]", scope)
                                 for i, r in enumerate(resource["resources"])]
+        elif "resources" in resource:
+            out["resources"] = resource["resources"]  # not a list: reported by _flatten
         return out
 
     def _top_level(self, document: Any) -> list[tuple[dict[str, Any], str]]:
@@ -148,8 +147,7 @@ class _Converter:
         if isinstance(document, dict) and "type" in document:
             return [(document, "")]
         key = "resources" if "resources" in document else "value"
-        items = document.get(key) or []
-        return [(r, f"{key}[{i}]") for i, r in enumerate(items)]
+        return [(r, f"{key}[{i}]") for i, r in enumerate(self._sequence(document, key, ""))]
 
     def _flatten(self, items: list[tuple[dict[str, Any], str]], parent_type: str | None,
                  parent_names: list[str] | None):
@@ -163,7 +161,7 @@ class _Converter:
             names = self._names(resource, rtype, parent_names, where)
             if names is not None:
                 yield rtype, names, resource, where
-                nested = resource.get("resources") or []
+                nested = self._sequence(resource, "resources", where)
                 yield from self._flatten([(r, f"{where}.resources[{i}]") for i, r in enumerate(nested)], rtype, names)
 
     def _names(self, resource: dict[str, Any], rtype: str, parent: list[str] | None, where: str) -> list[str] | None:
@@ -184,7 +182,7 @@ class _Converter:
             return None
         return names
 
-    def _perimeter(self, name: str, resource: dict[str, Any]) -> dict[str, Any]:
+    def _perimeter(self, name: str, resource: dict[str, Any], where: str) -> dict[str, Any]:
         out: dict[str, Any] = {"name": name, "subscriptionId": self.deployment.subscription_id,
                                "resourceGroup": self.deployment.resource_group, "profiles": [],
                                "resourceAssociations": []}
@@ -192,7 +190,7 @@ class _Converter:
             out["location"] = resource["location"]
         if str(resource.get("id", "")).lower().startswith("/subscriptions/"):
             out["id"] = resource["id"]
-        guid = (resource.get("properties") or {}).get("perimeterGuid")
+        guid = self._mapping(resource, "properties", where).get("perimeterGuid")
         if guid:
             out["perimeterGuid"] = guid
         return out
@@ -200,7 +198,7 @@ class _Converter:
     def _attach(self, perimeter: dict[str, Any], kind: str, names: list[str], resource: dict[str, Any],
                 where: str) -> str | None:
         """Add a child resource to its perimeter; return its path below the perimeter in the native document."""
-        props = dict(resource.get("properties") or {})
+        props = self._mapping(resource, "properties", where)
         for volatile in ("provisioningState", "resourceGuid", "hasProvisioningStateChanged"):
             props.pop(volatile, None)
         if kind == "profiles":
@@ -208,14 +206,36 @@ class _Converter:
         if kind == "profiles/accessrules":
             index = self._profile(perimeter, names[1])
             rules = perimeter["profiles"][index]["accessRules"]
-            rules.append({"name": names[2], **props})
+            rules.append({**props, "name": names[2]})
             return f"profiles[{index}].accessRules[{len(rules) - 1}]"
         if kind == "resourceassociations":
-            perimeter["resourceAssociations"].append({"name": names[1], **props})
+            perimeter["resourceAssociations"].append({**props, "name": names[1]})
             return f"resourceAssociations[{len(perimeter['resourceAssociations']) - 1}]"
         self.problems.append(Problem(where, f"unsupported resource type {kind!r} "
                                             f"(supported: {', '.join(sorted(KNOWN_CHILDREN))})"))
         return None
+
+    def _mapping(self, node: Any, key: str, where: str) -> dict[str, Any]:
+        """``node[key]`` as a (copied) mapping: absent is empty, anything else but a mapping is reported."""
+        value = node.get(key) if isinstance(node, dict) else None
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problems.append(Problem(f"{where}.{key}" if where else key, f"expected an object, not "
+                                                                              f"{type(value).__name__}"))
+            return {}
+        return dict(value)
+
+    def _sequence(self, node: dict[str, Any], key: str, where: str) -> list[Any]:
+        """``node[key]`` as a list: absent is empty, anything else but a list is reported."""
+        value = node.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problems.append(Problem(f"{where}.{key}" if where else key, f"expected an array, not "
+                                                                              f"{type(value).__name__}"))
+            return []
+        return value
 
     @staticmethod
     def _profile(perimeter: dict[str, Any], name: str) -> int:

@@ -21,6 +21,11 @@ _TOKEN = re.compile(
 )
 
 
+MAX_NESTING = 32  # function calls inside function calls in one expression
+MAX_RESULT_CHARS = 65_536  # one evaluated string: variables that concat each other twice would double each step
+MAX_NUMBER_DIGITS = 18
+
+
 class ExpressionError(ValueError):
     pass
 
@@ -40,6 +45,10 @@ class Scope:
     parameters: dict[str, Any]  # the template's declarations (type, defaultValue, ...)
     variables: dict[str, Any]
     deployment: Deployment = field(default_factory=Deployment)
+    # Variables and parameter defaults evaluated so far (each once, so chains cost linear time) and those being
+    # evaluated now (one that refers to itself, directly or not, is a cycle ARM refuses too).
+    values: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False)
+    pending: set[tuple[str, str]] = field(default_factory=set, compare=False)
 
 
 def is_expression(value: Any) -> bool:
@@ -51,7 +60,7 @@ def evaluate(text: str, scope: Scope) -> Any:
     if text.startswith("[["):
         return text[1:]
     tokens = _tokenize(text[1:-1])
-    value, rest = _Parser(tokens, scope).expression(0)
+    value, rest = _Parser(tokens, scope).expression(0, 0)
     if rest != len(tokens):
         raise ExpressionError(f"unexpected {tokens[rest][1]!r} in {text}")
     return value
@@ -77,35 +86,41 @@ class _Parser:
         self.tokens = tokens
         self.scope = scope
 
-    def expression(self, i: int) -> tuple[Any, int]:
+    def expression(self, i: int, depth: int) -> tuple[Any, int]:
+        if depth > MAX_NESTING:
+            raise ExpressionError(f"nested more than {MAX_NESTING} calls deep")
         kind, text = self._at(i)
         if kind == "str":
             return text[1:-1].replace("''", "'"), i + 1
         if kind == "num":
+            if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+                raise ExpressionError(f"number with {len(text)} digits is too large")
             return int(text), i + 1
         if kind != "name":
             raise ExpressionError(f"unexpected {text!r}")
         if self._at(i + 1)[1] != "(":
             raise ExpressionError(f"expected '(' after {text}")
-        args, i = self._arguments(i + 2)
+        args, i = self._arguments(i + 2, depth)
         value = self._call(text.lower(), args)
+        if isinstance(value, str) and len(value) > MAX_RESULT_CHARS:
+            raise ExpressionError(f"{text}() makes a string longer than {MAX_RESULT_CHARS} characters")
         while i < len(self.tokens) and self.tokens[i][1] in (".", "["):
             if self.tokens[i][1] == ".":
                 kind, prop = self._at(i + 1)
                 value, i = self._property(value, prop), i + 2
             else:
-                key, i = self.expression(i + 1)
+                key, i = self.expression(i + 1, depth + 1)
                 if self._at(i)[1] != "]":
                     raise ExpressionError("expected ']'")
                 value, i = self._property(value, key), i + 1
         return value, i
 
-    def _arguments(self, i: int) -> tuple[list[Any], int]:
+    def _arguments(self, i: int, depth: int) -> tuple[list[Any], int]:
         args: list[Any] = []
         if self._at(i)[1] == ")":
             return args, i + 1
         while True:
-            value, i = self.expression(i)
+            value, i = self.expression(i, depth + 1)
             args.append(value)
             separator = self._at(i)[1]
             if separator == ")":
@@ -115,17 +130,18 @@ class _Parser:
             i += 1
 
     def _call(self, name: str, args: list[Any]) -> Any:
+        if name in ("parameters", "variables", "format") and not args:
+            raise ExpressionError(f"{name}() needs an argument")
         if name == "parameters":
             return self._parameter(str(args[0]))
         if name == "variables":
             if str(args[0]) not in self.scope.variables:
-                raise ExpressionError(f"variable {args[0]!r} is not defined in the template")
-            value = self.scope.variables[str(args[0])]
-            return evaluate(value, self.scope) if is_expression(value) else value
+                raise ExpressionError(f"variable {str(args[0])!r:.80} is not defined in the template")
+            return self._once(("variable", str(args[0])), self.scope.variables[str(args[0])])
         if name == "concat":
             return "".join(str(a) for a in args)
         if name == "format":
-            return re.sub(r"\{(\d+)\}", lambda m: str(args[int(m.group(1)) + 1]), str(args[0]))
+            return re.sub(r"\{(\d{1,6})\}", lambda m: _format_argument(args, int(m.group(1))), str(args[0]))
         if name == "resourceid":
             return self._resource_id(args)
         deployment = self.scope.deployment
@@ -150,8 +166,22 @@ class _Parser:
         if "defaultValue" not in spec:
             raise ExpressionError(f"parameter {name!r} has no value: give it in armParameters (the template has "
                                   "no defaultValue)")
-        value = spec["defaultValue"]
-        return evaluate(value, self.scope) if is_expression(value) else value
+        return self._once(("parameter", name), spec["defaultValue"])
+
+    def _once(self, key: tuple[str, str], value: Any) -> Any:
+        """``value`` (a variable or a parameter default) evaluated, once per template; cycles refused."""
+        if not is_expression(value):
+            return value
+        if key in self.scope.values:
+            return self.scope.values[key]
+        if key in self.scope.pending:
+            raise ExpressionError(f"{key[0]} {key[1]!r:.80} refers to itself")
+        self.scope.pending.add(key)
+        try:
+            self.scope.values[key] = evaluate(value, self.scope)
+        finally:
+            self.scope.pending.discard(key)
+        return self.scope.values[key]
 
     def _resource_id(self, args: list[Any]) -> str:
         strings = [str(a) for a in args]
@@ -170,11 +200,19 @@ class _Parser:
 
     @staticmethod
     def _property(value: Any, key: Any) -> Any:
-        if isinstance(value, dict) and key in value:
+        if isinstance(value, dict) and isinstance(key, str) and key in value:
             return value[key]
-        raise ExpressionError(f"no property {key!r}")
+        if isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
+            return value[key]
+        raise ExpressionError(f"no property or index {key!r:.80}")
 
     def _at(self, i: int) -> tuple[str, str]:
         if i >= len(self.tokens):
             raise ExpressionError("expression ends too early")
         return self.tokens[i]
+
+
+def _format_argument(args: list[Any], index: int) -> str:
+    if index + 1 >= len(args):
+        raise ExpressionError(f"format() has no argument {{{index}}}")
+    return str(args[index + 1])

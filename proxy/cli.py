@@ -1,19 +1,31 @@
-"""``nsp-proxy``: run the proxy, validate a configuration, or explain a decision without traffic."""
+"""``nsp-proxy``: run the proxy, validate a configuration, or explain a decision without traffic.
+
+Exit status (every command): 0 success, 2 the configuration (or a command-line argument) was refused, 1 an
+internal error (a bug: the message says where); ``explain`` also exits 3 when the request would be blocked.
+"""
 
 from __future__ import annotations
 
-import argparse
+import signal
+
+if __name__ == "__main__" and hasattr(signal, "SIGHUP"):
+    # SIGHUP (logrotate's signal) must never kill the proxy: ignored from the first moment, before the slow
+    # imports below, until the running proxy's own handler (reopen the access log) takes it over.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+import argparse  # after the SIGHUP disposition, on purpose
 import asyncio
 import ipaddress
 import json
-import signal
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+from proxy import preflight
 from proxy.config import load_config
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.engine import decide_inbound, decide_outbound
@@ -30,7 +42,12 @@ from proxy.normalize import (
 from proxy.policy import Policy, compile_policy
 from proxy.tools import commands as tools
 
-EXIT_OK, EXIT_INVALID, EXIT_DENIED = 0, 1, 3
+EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_DENIED = 0, 1, 2, 3
+
+EXIT_STATUS = """\
+exit status: 0 success; 2 the configuration or an argument was refused (the message names the file, the field
+and the reason); 1 internal error (a bug in nsp-proxy: please report it); explain: 3 the request would be blocked
+"""
 
 DESCRIPTION = """\
 nsp-proxy enforces Azure Network Security Perimeter rules on real traffic: a reverse proxy in front of each
@@ -67,16 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `nsp-proxy validate --json f | head`
         sys.stderr.close()
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a bug: one clear line (and where), never a traceback
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"nsp-proxy: internal error: {type(exc).__name__}: {str(exc)[:300]} (at {Path(where.filename).name}:"
+              f"{where.lineno}; please report this)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nsp-proxy", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="nsp-proxy", description=DESCRIPTION, epilog=EXIT_STATUS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy", description="Run the proxy. Stops cleanly on SIGTERM/SIGINT "
-                         "after writing every pending access-log record.")
+                         "after writing every pending access-log record; SIGHUP reopens the access-log file. "
+                         "Refuses to start (exit 2) on a configuration that `validate` refuses.",
+                         epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", "-c", help="configuration file (default: the embedded demo perimeter)")
     run.add_argument("--access-log", help="access-log target: a file path, or - for stdout "
                      "(overrides settings.accessLog)")
@@ -88,16 +112,25 @@ def _parser() -> argparse.ArgumentParser:
                      "option nsp-proxy's trimmed mitmproxy does not have is an error")
     run.set_defaults(handler=_cmd_run)
 
-    validate = sub.add_parser("validate", help="check a configuration file and summarise it")
+    validate = sub.add_parser(
+        "validate", help="check a configuration file and summarise it", epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check a configuration as `run` would: the file (syntax, schema, rules, references, limits) "
+                    "and what it needs from this machine (listener and metrics ports free, access log writable). "
+                    "Exit 0: `run` can run it; 2: refused, with the file, the field and the reason.")
     validate.add_argument("config", help="configuration file")
     validate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    validate.add_argument("--file-only", action="store_true",
+                          help="check the file only, not this machine (ports free, access log writable), e.g. for "
+                               "the configuration of a proxy that is already running")
     validate.set_defaults(handler=_cmd_validate)
 
     explain = sub.add_parser(
         "explain", help="print the decision for a described request, without traffic",
         description="Decide a described request with the configuration's rules and print the decision and the "
                     "access-log record it would produce. Inbound: give --source-ip (and --subscription). "
-                    "Outbound: give --destination. Exit status: 0 let through, 3 blocked, 1 bad input.")
+                    "Outbound: give --destination. Exit status: 0 let through, 3 blocked, 2 refused configuration "
+                    "or bad input, 1 internal error.")
     explain.add_argument("--config", "-c", help="configuration file (default: the embedded demo perimeter)")
     explain.add_argument("--resource", "-r", help="association name or resource ID (default: the only one)")
     explain.add_argument("--source-ip", help="inbound: the caller's address")
@@ -134,12 +167,24 @@ def _load(path: str | None) -> Config | None:
         return None
 
 
+def _machine_ok(config: Config, access_log: str, log_field: str, metrics: tuple[str, int] | None,
+                metrics_field: str) -> bool:
+    """What ``run`` needs from this machine beyond the file (``proxy.preflight``); refused like the file."""
+    problems = preflight.check_machine(config, access_log, log_field, metrics, metrics_field)
+    if problems:
+        print(f"nsp-proxy: configuration refused:\n{ConfigError(config.source, problems)}", file=sys.stderr)
+    return not problems
+
+
 # -- validate -------------------------------------------------------------------------------------------------
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
+        return EXIT_INVALID
+    if not args.file_only and not _machine_ok(config, config.settings.access_log, "settings.accessLog",
+                                              preflight.metrics_of(config), "settings.metrics"):
         return EXIT_INVALID
     summary = _summary(config)
     if args.json:
@@ -293,12 +338,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "an ARM file is run through a YAML file that gives 'arm:' and 'bindings:' (see README)",
               file=sys.stderr)
         return EXIT_INVALID
-    if args.metrics and args.metrics.lower() != "off":
+    metrics, metrics_field = preflight.metrics_of(config), "settings.metrics"
+    if args.metrics:
+        metrics_field = "--metrics"
         try:
-            parse_endpoint(args.metrics)
+            metrics = None if args.metrics.strip().lower() == "off" else parse_endpoint(args.metrics)
         except ValueError as exc:
             print(f"nsp-proxy: --metrics: {exc}", file=sys.stderr)
             return EXIT_INVALID
+    access_log, log_field = (args.access_log, "--access-log") if args.access_log else (
+        config.settings.access_log, "settings.accessLog")
+    if not _machine_ok(config, access_log, log_field, metrics, metrics_field):
+        return EXIT_INVALID
     options = {"nsp_config": path, "nsp_access_log": args.access_log or "", "nsp_metrics": args.metrics or ""}
     return asyncio.run(_serve(options, args.mitm_options, verbose=args.verbose))
 
@@ -349,6 +400,8 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: 
         return EXIT_INVALID
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_cancellation)
+    if hasattr(signal, "SIGHUP"):  # until the lifecycle addon takes it over (access-log reopen)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     if hasattr(signal, "SIGPIPE"):

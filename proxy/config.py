@@ -21,10 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
-import yaml
 
 from proxy import arm
 from proxy.arm_expressions import Deployment
+from proxy.configfile import parse_text, read_text
 from proxy.errors import ConfigError, Problem
 from proxy.model import (
     DEFAULT_RESOURCE_GROUP,
@@ -76,36 +76,18 @@ def schema() -> dict[str, Any]:
 def load_config(path: str | Path) -> Config:
     """Load, validate and return the configuration at ``path``; raise ``ConfigError`` if it is not usable."""
     file = Path(path)
-    source = str(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, [Problem("", f"cannot read file: {exc.strerror or exc}")]) from None
-    return parse_config_text(text, source, base_dir=file.parent)
+    return parse_config_text(read_text(file), str(file), base_dir=file.parent)
 
 
 def parse_config_text(text: str, source: str, base_dir: Path | None = None) -> Config:
-    try:
-        document = _parse_json_or_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(source, [Problem(where, f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}")]) from None
+    document = parse_text(text, source)
+    if document is None:
+        raise ConfigError(source, [Problem("", "the file is empty: expected a mapping with 'perimeters' (or 'arm' "
+                                               "and 'bindings'), or an ARM template/export")])
     if not isinstance(document, dict) and not arm.looks_like_arm(document):
         raise ConfigError(source, [Problem("", "expected a mapping with 'perimeters' (or 'arm' and 'bindings'), "
                                                "or an ARM template/export")])
     return _Validator(source, base_dir or Path(".")).run(document)
-
-
-def _parse_json_or_yaml(text: str) -> Any:
-    """JSON (ARM files, which may indent with tabs that YAML refuses) or YAML; YAML's errors otherwise."""
-    stripped = text.strip()
-    if stripped.startswith(("{", "[")):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError:
-            pass  # YAML flow style, or broken JSON: YAML's parser says where
-    return yaml.safe_load(text) if stripped else None
 
 
 class _Validator:
@@ -183,12 +165,15 @@ class _Validator:
         }
 
     def _import_arm(self, document: dict[str, Any]) -> dict[str, Any]:
+        self._check_schema({key: document[key] for key in ARM_KEYS if key in document})  # their shapes first
+        if self.problems:
+            raise ConfigError(self.source, self.problems)
         arm_path = self.base_dir / str(document["arm"])
         self.files.append(str(arm_path))
         try:
             converted, origins = arm.convert_file(arm_path, document.get("bindings") or {}, self._deployment(document))
         except ConfigError as exc:
-            problems = [p if p.source is not None else replace(p, source=exc.source) for p in exc.problems]
+            problems = [_referenced_problem(p, exc.source, str(arm_path), "arm") for p in exc.problems]
             raise ConfigError(self.source, problems) from None
         rest = {k: v for k, v in document.items() if k not in ARM_KEYS}
         return {**rest, **self._adopt_arm(converted, origins)}
@@ -228,7 +213,11 @@ class _Validator:
             return {str(k): _parameter_value(v) for k, v in given.items()}
         path = self.base_dir / str(given)
         self.files.append(str(path))
-        document = arm.read_json(path, "ARM parameters file")
+        try:
+            document = arm.read_json(path, "ARM parameters file")
+        except ConfigError as exc:
+            problems = [_referenced_problem(p, exc.source, str(path), "armParameters") for p in exc.problems]
+            raise ConfigError(self.source, problems) from None
         entries = document.get("parameters") if isinstance(document, dict) else None
         if not isinstance(entries, dict):
             raise ConfigError(str(path), [Problem("parameters", "expected an ARM parameters file: "
@@ -487,6 +476,16 @@ def _canonical_enum(key: str, value: Any) -> Any:
         if isinstance(value, str) and value.lower() == choice.lower():
             return choice
     return value
+
+
+def _referenced_problem(problem: Problem, source: str, path: str, key: str) -> Problem:
+    """A problem found in a file this one references at ``key`` (``arm``, ``armParameters``), in the terms of
+    the file it is in; one with that file as a whole (it cannot be read) is reported at ``key``, which named it."""
+    if problem.source is not None:
+        return problem
+    if source == path and not problem.path and problem.reason.startswith("cannot read"):
+        return Problem(key, f"{path}: {problem.reason}")
+    return replace(problem, source=source)
 
 
 def _parameter_value(value: Any) -> Any:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_SHOWN = 300  # characters of one path or reason in a message; the middle of a longer one is cut
+MAX_PROBLEMS = 100  # problems listed in one message (a generated file can have thousands)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -21,5 +24,16 @@ class ConfigError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
-        lines = [f"{p.source or self.source}: {p.path or '(top level)'}: {p.reason}" for p in self.problems]
+        lines = [f"{shorten(p.source or self.source)}: {shorten(p.path) or '(top level)'}: {shorten(p.reason)}"
+                 for p in self.problems[:MAX_PROBLEMS]]
+        if len(self.problems) > MAX_PROBLEMS:
+            lines.append(f"... and {len(self.problems) - MAX_PROBLEMS} more problems")
         return "\n".join(lines)
+
+
+def shorten(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text``, or its start and end around a note of what was cut: a message never echoes a huge value."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}...({len(text) - 2 * keep} characters cut)...{text[-keep:]}"

@@ -8,6 +8,7 @@ reload leaves the previous one untouched (brief: "a broken change never replaces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -15,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy import addresses
+from proxy import addresses, preflight
 from proxy.config import load_config
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.engine import decide_inbound, decide_outbound
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, shorten
+from proxy.gcpolicy import LongLived, building
 from proxy.indexes import PrefixIndex
 from proxy.model import Config
 from proxy.policy import Policy, compile_policy
@@ -53,9 +55,11 @@ class Runtime:
         settings = config.settings
         self.recorder = Recorder(self.metrics, self.access_log_target(config), queue_size=settings.access_log_queue,
                                  flush_timeout=settings.access_log_flush_timeout)
-        self.metrics.reloads.labels("success").inc()
+        for result in ("success", "failure"):  # both series exist from the start; the initial load is no reload
+            self.metrics.reloads.labels(result)
         self.metrics.generation.set(1)
         self._signature = _signature(config.files)
+        self._long_lived = LongLived()
         for warning in config.warnings:
             log.warning("%s", warning)
 
@@ -124,28 +128,59 @@ class Runtime:
 
     # -- reloading --------------------------------------------------------------------------------------------
 
-    def reload(self) -> bool:
-        """Load the config file again; keep the current policy if the new one is not valid."""
+    def prepare(self) -> Generation:
+        """Everything the next generation needs, built without touching the one in force (thread-safe: it only
+        reads). ConfigError if the file is refused or this machine cannot run it (a new listener's port is
+        taken, the new access log cannot be opened)."""
         assert self.config_path is not None
-        generation = self.policy.generation + 1
-        try:
-            # Build everything the new generation needs first; swap only when nothing can fail any more.
+        with building():
             config = load_config(self.config_path)
-            policy = compile_policy(config, generation)
-            trusted, resolver = _trusted(config), Resolver(config.settings, cache_from=self.resolver)
-            target = self.access_log_target(config)
-            if target != self.writer.target:
-                self.recorder.replace(target)  # opened or OSError; from here on nothing can fail
+            policy = compile_policy(config, self.policy.generation + 1)
+        held = [(host, port) for host, port, _kind in self.policy.listeners]
+        problems = preflight.check_listeners(preflight.listeners(config, None), held)
+        target = self.access_log_target(config)
+        if target != self.writer.target:
+            problems += preflight.check_access_log(target, "settings.accessLog")
+        if problems:
+            raise ConfigError(config.source, problems)
+        resolver = Resolver(config.settings, cache_from=self.resolver)
+        return Generation(config, policy, _trusted(config), resolver, target)
+
+    def install(self, new: Generation, apply_listeners: Callable[[], None] = lambda: None) -> None:
+        """Put a prepared generation in force (on the event loop, where requests are decided).
+        ``apply_listeners`` opens/closes listeners for it; if it fails, the previous generation is restored.
+        A new access-log target is opened first (OSError: nothing changed)."""
+        old_target = self.writer.target
+        if new.access_log != old_target:
+            self.recorder.replace(new.access_log)
+        previous = (self.policy, self.trusted_proxies, self.resolver)
+        self.policy, self.trusted_proxies, self.resolver = new.policy, new.trusted, new.resolver
+        try:
+            apply_listeners()
+        except BaseException:
+            self.policy, self.trusted_proxies, self.resolver = previous
+            with contextlib.suppress(Exception):
+                if new.access_log != old_target:
+                    self.recorder.replace(old_target)
+                apply_listeners()
+            raise
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.generation.set(new.policy.generation)
+        for warning in new.config.warnings:
+            log.warning("%s", warning)
+        log.info("config generation %d in force (%s)", new.policy.generation, new.config.source)
+
+    async def reload(self, apply_listeners: Callable[[], None] = lambda: None) -> bool:
+        """Load the config file again, off the event loop; keep the generation in force if anything fails."""
+        try:
+            self.install(await asyncio.to_thread(self.prepare), apply_listeners)
+            self._long_lived.freeze()  # the new generation is never scanned by a full collection (gcpolicy)
         except ConfigError as exc:
             return self._refused(str(exc))
-        except (OSError, ValueError) as exc:
-            return self._refused(f"{self.config_path}: {exc}")
-        self.policy, self.trusted_proxies, self.resolver = policy, trusted, resolver
-        self.metrics.reloads.labels("success").inc()
-        self.metrics.generation.set(generation)
-        for warning in config.warnings:
-            log.warning("%s", warning)
-        log.info("config generation %d in force (%s)", generation, config.source)
+        except OSError as exc:  # the new access log cannot be opened
+            return self._refused(f"{self.config_path}: {shorten(str(exc))}")
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop reloading nor take the proxy down
+            return self._refused(f"{self.config_path}: internal error: {type(exc).__name__}: {shorten(str(exc))}")
         return True
 
     def reopen_access_log(self) -> None:
@@ -173,15 +208,17 @@ class Runtime:
         self._signature = signature
         return True
 
-    async def watch(self, on_reload: Callable[[], None]) -> None:
+    async def watch(self, apply_listeners: Callable[[], None]) -> None:
         """Poll the config files; reload on change. Polling survives editors that replace files by rename."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
+            self._long_lived.tick()
             try:
-                if self.config_path and self.changed_on_disk() and self.reload():
-                    on_reload()
-            except Exception:  # the watcher must outlive any one bad reload
-                log.exception("config reload failed; watching for the next change")
+                if self.config_path and self.changed_on_disk():
+                    await self.reload(apply_listeners)
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad reload
+                log.error("config watcher: %s: %s; watching for the next change", type(exc).__name__,
+                          shorten(str(exc)))
 
     def close(self) -> None:
         """Write pending records and flush the queue (bounded by settings.accessLogFlushTimeout)."""
@@ -200,6 +237,17 @@ def _reaches(ip: addresses.IPAddress, listen_host: str) -> bool:
     if bound in addresses.forms(ip):
         return True
     return int(bound) == 0 and addresses.is_local(ip)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A configuration generation prepared off the event loop, ready to be put in force."""
+
+    config: Config
+    policy: Policy
+    trusted: PrefixIndex[bool]
+    resolver: Resolver
+    access_log: str
 
 
 def _trusted(config: Config) -> PrefixIndex[bool]:

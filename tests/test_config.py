@@ -774,7 +774,8 @@ def test_arm_file_missing(tmp_path: Path) -> None:
     (tmp_path / "bindings.yaml").write_text("arm: gone.json\nbindings: {}\n", encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "bindings.yaml")
-    assert_reported(caught.value, "(top level)", "cannot read ARM file", file="gone.json")
+    # Reported at the key that named it, in the file the user gave, with the path that could not be read.
+    assert_reported(caught.value, "arm", "gone.json: cannot read ARM file", file="bindings.yaml")
 
 
 def test_arm_binding_that_matches_nothing_is_refused(tmp_path: Path) -> None:
@@ -853,7 +854,7 @@ def test_explain_and_validate_take_an_arm_file() -> None:
 
 def test_run_refuses_an_arm_file_without_bindings() -> None:
     result = run_cli("run", "-c", str(ARM_DIR / "nsp-export.json"), "--metrics", "off")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "names no listener" in result.stderr and "bindings" in result.stderr
 
 
@@ -916,13 +917,13 @@ def test_example_validates_with_the_cli(path: Path) -> None:
 # -- nsp-proxy validate ---------------------------------------------------------------------------------------------
 
 
-def test_validate_invalid_exits_1_with_the_problem_on_stderr(tmp_path: Path) -> None:
+def test_validate_invalid_exits_2_with_the_problem_on_stderr(tmp_path: Path) -> None:
     document = base_document()
     rules(document)[0]["addressPrefixes"] = ["10.0.0.1/8"]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     result = run_cli("validate", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout == ""
     assert f"{path}: {RULE0}.addressPrefixes[0]:" in result.stderr
     assert "host bits" in result.stderr
@@ -934,9 +935,9 @@ def test_version_is_the_installed_package_version() -> None:
     assert result.stdout.strip() == f"nsp-proxy {metadata.version('nsp-proxy')}"
 
 
-def test_validate_missing_file_exits_1(tmp_path: Path) -> None:
+def test_validate_missing_file_exits_2(tmp_path: Path) -> None:
     result = run_cli("validate", str(tmp_path / "none.yaml"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "none.yaml" in result.stderr and "cannot read" in result.stderr
 
 
@@ -958,11 +959,11 @@ def test_validate_json_summary(tmp_path: Path) -> None:
     assert any("18080" in mode for mode in summary["listeners"])
 
 
-def test_validate_json_invalid_exits_1(tmp_path: Path) -> None:
+def test_validate_json_invalid_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("perimeters: [{name: p1, colour: red}]\n", encoding="utf-8")
     result = run_cli("validate", "--json", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "'colour'" in result.stderr
 
 

@@ -700,18 +700,18 @@ def test_explain_ignores_the_subscription_where_the_proxy_would(tmp_path: Path) 
     ("-r", "storage", "--source-ip", "10.1.2.3", "--sni", "example.com"),  # outbound option, inbound request
     ("-r", "storage", "--destination", "example.com", "--subscription", CI_SUB),  # and the other way round
 ])
-def test_explain_bad_input_exits_1(config_file: Path, args: tuple[str, ...]) -> None:
+def test_explain_bad_input_exits_2(config_file: Path, args: tuple[str, ...]) -> None:
     result = run_cli("explain", "-c", str(config_file), *args)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr
 
 
-def test_explain_invalid_config_exits_1(tmp_path: Path) -> None:
+def test_explain_invalid_config_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("perimeters: [{name: p1, profiles: [{name: f, accessRules: [{name: r, direction: Inbound}]}]}]\n",
                     encoding="utf-8")
     result = run_cli("explain", "-c", str(path), "--source-ip", "10.0.0.1")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "configuration refused" in result.stderr and "bad.yaml" in result.stderr
 
 

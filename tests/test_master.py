@@ -103,6 +103,6 @@ def test_dispatch_follows_addons_added_and_removed() -> None:
 ])
 def test_set_with_an_option_the_master_does_not_know_is_an_error(option: str) -> None:
     result = run_cli("run", "--set", option, "--metrics", "off", timeout=60)
-    assert result.returncode == 1, result
+    assert result.returncode == 2, result  # a refused argument (exit status: 2)
     assert "Unknown option" in result.stderr and option.split("=")[0] in result.stderr, result.stderr
     assert "Traceback" not in result.stderr

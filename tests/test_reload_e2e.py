@@ -309,7 +309,7 @@ def test_refuses_to_run_a_configuration_without_listeners(tmp_path: Path) -> Non
     path = tmp_path / "nolisten.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     result = run_cli("run", "--config", str(path), "--metrics", "off", timeout=20)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{path}: the configuration names no listener" in result.stderr
 
 
@@ -331,14 +331,14 @@ def _upstream_port(good: dict[str, Any]) -> tuple[str, str, str]:
     pytest.param(_upstream_port, id="upstream-port"),
 ])
 def test_refuses_to_start_on_invalid_config(tmp_path: Path, breakage: Callable[..., tuple[str, str, str]]) -> None:
-    """`nsp-proxy run` on an invalid file exits 1 with file, field path and reason, and listens on nothing."""
+    """`nsp-proxy run` on an invalid file exits 2 with file, field path and reason, and listens on nothing."""
     listen = free_port()
     text, field_path, reason = breakage(perimeter([ALLOW_LOOPBACK], [association("e2e-store", listen, free_port())]))
     bad = tmp_path / "bad.yaml"
     bad.write_text(text, encoding="utf-8")
     result = run_cli("run", "--config", str(bad), "--access-log", str(tmp_path / "access.jsonl"),
                      "--metrics", "off", timeout=30)
-    assert result.returncode == 1, result
+    assert result.returncode == 2, result
     assert str(bad) in result.stderr, result.stderr
     assert field_path in result.stderr, result.stderr
     assert reason in result.stderr, result.stderr
