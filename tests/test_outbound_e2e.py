@@ -711,7 +711,7 @@ def test_transition_lets_rule_denied_traffic_through_and_counts_it(nsp_proxy, dn
         assert record["RuleType"] == "ResourceRules"
         assert "no outbound rule allows other.test" in record["ResultDescription"]
         assert "Enforced would deny" in record["ResultDescription"]
-    assert_record(audit_r, category=DENIED, action="Denied", fqdn="other.test", port=backend.port,
+    assert_record(audit_r, category=DENIED, action="Approved", fqdn="other.test", port=backend.port,
                   resolved="127.0.0.2")
     assert audit_r["ResultDescription"].startswith("Audit (not blocked)")
     assert proxy.metric("nsp_decisions_total", direction="Outbound") == 4
