@@ -275,6 +275,8 @@ class _Validator:
             dns_max_ttl=float(dns.get("maxTtl", base.dns_max_ttl)),
             dns_max_negative_ttl=float(dns.get("maxNegativeTtl", base.dns_max_negative_ttl)),
             **_bounds(raw, base),
+            access_log_format=str(raw.get("accessLogFormat", base.access_log_format)),
+            access_log_aggregation=float((raw.get("accessLogAggregation") or {}).get("windowSeconds", 0)),
         )
 
     def _optional_endpoint(

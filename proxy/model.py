@@ -136,6 +136,8 @@ class Settings:
     client_headers_timeout: float = 30.0  # seconds from connect to the first request's complete headers
     idle_timeout: float = 60.0  # seconds a kept-alive connection waits for its next request's headers
     max_client_connections: int = 1000  # open client connections per listener; more are closed on arrival
+    access_log_format: str = "nspAccessLogs"  # or "diagnostic" (proxy.telemetry.LOG_FORMATS)
+    access_log_aggregation: float = 0.0  # seconds of an aggregation window; 0: every decision its own line
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class Runtime:
         settings = config.settings
         self.recorder = Recorder(self.metrics, self.access_log_target(config), queue_size=settings.access_log_queue,
                                  flush_timeout=settings.access_log_flush_timeout)
+        self.recorder.configure(settings)
         self.metrics.reloads.labels("success").inc()
         self.metrics.generation.set(1)
         self._signature = _signature(config.files)
@@ -141,6 +142,7 @@ class Runtime:
         except (OSError, ValueError) as exc:
             return self._refused(f"{self.config_path}: {exc}")
         self.policy, self.trusted_proxies, self.resolver = policy, trusted, resolver
+        self.recorder.configure(config.settings)
         self.metrics.reloads.labels("success").inc()
         self.metrics.generation.set(generation)
         for warning in config.warnings:
