@@ -153,6 +153,7 @@ class Recorder:
             self.complete(key, None, why)
         if self._aggregator is not None:
             self._aggregator.close()
+            self._aggregator = None  # a record after this goes to the closed writer: counted as dropped
         lost = self.writer.close(self.flush_timeout)
         if lost:
             self.metrics.log_dropped.inc(lost)
