@@ -17,7 +17,16 @@ from typing import Any
 
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.policy import Policy
-from proxy.telemetry import LOG_PROTOCOLS, LOG_RULE_TYPES, PROXY_CATEGORIES, RULE_TYPE_NONE, Field
+from proxy.telemetry import (
+    LOG_PROTOCOLS,
+    LOG_RULE_TYPES,
+    PROXY_CATEGORIES,
+    RESOURCE_FIREWALL_RULE,
+    RULE_TYPE_NONE,
+    Field,
+    ResultAction,
+    RuleType,
+)
 
 try:  # optional: several times faster than json.dumps for a record
     import orjson as _orjson
@@ -53,6 +62,10 @@ def build_record(
     description = decision.reason if not decision.error else f"{decision.reason}: {decision.error}"
     protocol = LOG_PROTOCOLS.get(facts.protocol) or f"{facts.protocol}:TCP"
     rule_type = RULE_TYPE_NONE if decision.category in PROXY_CATEGORIES else LOG_RULE_TYPES[decision.rule_type]
+    matched = decision.matched_rule
+    if (matched is None and decision.rule_type is RuleType.RESOURCE_RULES and compiled is not None
+            and decision.result_action is ResultAction.APPROVED and compiled.resource_ip_rules):
+        matched = RESOURCE_FIREWALL_RULE  # the resource's own IP rules allowed it (Transition)
     # StrEnum members are str: both encoders write their value, and record["Category"] == "Nsp..." holds.
     return {
         F.TIME_GENERATED: stamp,
@@ -65,7 +78,7 @@ def build_record(
         F.RESULT_DIRECTION: decision.direction,
         F.RESULT_DESCRIPTION: description,
         F.RULE_TYPE: rule_type,
-        F.MATCHED_RULE: _params({"accessRule": decision.matched_rule}) if decision.matched_rule else "",
+        F.MATCHED_RULE: _params({"accessRule": matched}) if matched else "",
         F.PROFILE: decision.profile or "",
         F.ACCESS_RULE_VERSION: str(decision.generation),
         F.TRAFFIC_TYPE: decision.traffic_type,

@@ -130,6 +130,9 @@ RULE_TYPE_NSP = "NSP"
 RULE_TYPE_PAAS = "PaaS"
 RULE_TYPE_NONE = "None"
 LOG_RULE_TYPES = {kind: (RULE_TYPE_PAAS if kind is RuleType.RESOURCE_RULES else RULE_TYPE_NSP) for kind in RuleType}
+# MatchedRule of a Transition decision the resource's own IP firewall allowed, as Azure logs it (AI Search's NSP
+# page: a resource-rule match shows {"accessRule": "IP firewall"}).
+RESOURCE_FIREWALL_RULE = "IP firewall"
 PROXY_CATEGORIES = frozenset({"NspProxyRequestRefused"})  # nsp-proxy extensions: not decisions of a rule
 # SourceProtocol/DestinationProtocol are "{AppProtocol}:{TransportProtocol}" (e.g. HTTPS:TCP). A CONNECT tunnel
 # whose bytes nsp-proxy has not seen (no TLS ClientHello, no request) has no known application protocol: its
