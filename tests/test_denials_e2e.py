@@ -18,7 +18,7 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from proxy.denials import APP_CONFIGURATION_PROBLEM, STORAGE_NSP_MESSAGE
+from proxy.denials import APP_CONFIGURATION_PROBLEM, STORAGE_NSP_MESSAGE, inbound_denial
 from tests.support import Azurite, Backend, RunningProxy, blob_connection_string, exactly, free_port
 from tests.test_inbound_e2e import OFFICE, prefix_rule, single, url_of
 
@@ -130,3 +130,31 @@ def test_app_configuration_denial_is_the_documented_problem(nsp_proxy: StartProx
     assert _problem(answer) == APP_CONFIGURATION_PROBLEM
     assert answer.content == json.dumps(APP_CONFIGURATION_PROBLEM).encode()  # spacing as the documented body
     assert record["ResultAction"] == "Denied"
+
+
+# -- the other services' bodies (pure: proxy.denials) ------------------------------------------------------------
+
+OTHERS = [  # (resource provider, content type, JSON path to the code, code)
+    pytest.param("microsoft.keyvault", "application/json; charset=utf-8", ("error", "innererror", "code"),
+                 "ForbiddenByFirewall", id="key-vault-firewall"),
+    pytest.param("microsoft.documentdb", "application/json", ("code",), "Forbidden", id="cosmos-firewall"),
+    pytest.param("microsoft.cognitiveservices", "application/json; charset=utf-8", ("error", "code"), "403",
+                 id="ai-services-firewall"),
+    pytest.param("microsoft.eventhub", "application/json; charset=utf-8", ("error", "code"), "Forbidden",
+                 id="generic"),
+]
+
+
+@pytest.mark.parametrize(("kind", "content_type", "path", "code"), OTHERS)
+def test_other_services_denial_bodies(kind: str, content_type: str, path: tuple[str, ...], code: str) -> None:
+    class _Decision:  # the denial reads only the profile of the decision
+        profile = "prof"
+
+    denial = inbound_denial(kind, _Decision(), "198.51.100.7", "/subscriptions/x/resourceGroups/rg/providers/"
+                            f"{kind}/things/t1", "westeurope")  # type: ignore[arg-type]
+    headers = dict(denial.headers)
+    assert denial.status == 403 and headers["content-type"] == content_type and "date" in headers
+    body: Any = json.loads(denial.body)
+    for key in path:
+        body = body[key]
+    assert body == code
