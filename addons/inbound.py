@@ -59,6 +59,7 @@ class InboundGate:
             denial = inbound_denial(
                 assoc.service_kind if assoc else "", decision, facts.source_ip,
                 assoc.resource_id if assoc else "", compiled.perimeter.location if compiled else "",
+                accept=request.query.get("$format") or request.headers.get("accept", ""),
             )
             flow.response = http.Response.make(denial.status, denial.body, dict(denial.headers))
 

@@ -17,7 +17,16 @@ from typing import Any
 
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.policy import Policy
-from proxy.telemetry import Field
+from proxy.telemetry import (
+    LOG_PROTOCOLS,
+    LOG_RULE_TYPES,
+    PROXY_CATEGORIES,
+    RESOURCE_FIREWALL_RULE,
+    RULE_TYPE_NONE,
+    Field,
+    ResultAction,
+    RuleType,
+)
 
 try:  # optional: several times faster than json.dumps for a record
     import orjson as _orjson
@@ -39,7 +48,8 @@ def build_record(
     source_parameters: dict[str, Any] | None = None,
     destination_parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One NSPAccessLogs record (Count 1: nsp-proxy does not aggregate)."""
+    """One NSPAccessLogs record: every column of the table, in the table's types (ports are strings, protocols
+    ``App:Transport``). Count 1: ``proxy.aggregation`` merges equal records when aggregation is on."""
     stamp = timestamp() if when is None else _format_datetime(when)
     compiled = policy.association(decision.resource)
     resource_id = compiled.association.resource_id if compiled else ""
@@ -50,6 +60,12 @@ def build_record(
     else:
         destination_resource, destination_fqdn = "", facts.destination_host
     description = decision.reason if not decision.error else f"{decision.reason}: {decision.error}"
+    protocol = LOG_PROTOCOLS.get(facts.protocol) or f"{facts.protocol}:TCP"
+    rule_type = RULE_TYPE_NONE if decision.category in PROXY_CATEGORIES else LOG_RULE_TYPES[decision.rule_type]
+    matched = decision.matched_rule
+    if (matched is None and decision.rule_type is RuleType.RESOURCE_RULES and compiled is not None
+            and decision.result_action is ResultAction.APPROVED and compiled.resource_ip_rules):
+        matched = RESOURCE_FIREWALL_RULE  # the resource's own IP rules allowed it (Transition)
     # StrEnum members are str: both encoders write their value, and record["Category"] == "Nsp..." holds.
     return {
         F.TIME_GENERATED: stamp,
@@ -61,21 +77,23 @@ def build_record(
         F.RESULT_ACTION: decision.result_action,
         F.RESULT_DIRECTION: decision.direction,
         F.RESULT_DESCRIPTION: description,
-        F.RULE_TYPE: decision.rule_type,
-        F.MATCHED_RULE: _params({"accessRule": decision.matched_rule}) if decision.matched_rule else "",
+        F.RULE_TYPE: rule_type,
+        F.MATCHED_RULE: _params({"accessRule": matched}) if matched else "",
         F.PROFILE: decision.profile or "",
         F.ACCESS_RULE_VERSION: str(decision.generation),
         F.TRAFFIC_TYPE: decision.traffic_type,
+        F.APP_ID: "",
+        F.PARAMETERS: _params(_extension(decision)),  # nsp-proxy extension (mode, association, outcome)
         F.SOURCE_IP_ADDRESS: facts.source_ip,
-        F.SOURCE_PORT: facts.source_port,
-        F.SOURCE_PROTOCOL: facts.protocol,
+        F.SOURCE_PORT: _port(facts.source_port),
+        F.SOURCE_PROTOCOL: protocol,
         F.SOURCE_RESOURCE_ID: decision.source_resource_id,
         F.SOURCE_APP_ID: "",
         F.SOURCE_PERIMETER_GUIDS: decision.source_perimeter_guid,
         F.SOURCE_PARAMETERS: _params(source_parameters),
         F.DESTINATION_FQDN: destination_fqdn,
-        F.DESTINATION_PORT: facts.destination_port,
-        F.DESTINATION_PROTOCOL: facts.protocol,
+        F.DESTINATION_PORT: _port(facts.destination_port),
+        F.DESTINATION_PROTOCOL: protocol,
         F.DESTINATION_RESOURCE_ID: destination_resource,
         F.DESTINATION_EMAIL_ADDRESS: "",
         F.DESTINATION_PHONE_NUMBER: "",
@@ -83,8 +101,14 @@ def build_record(
         F.SERVICE_FQDN: service_fqdn,
         F.SERVICE_RESOURCE_ID: resource_id,
         F.LOCATION: location,
-        F.PARAMETERS: _params(_extension(decision)),
     }
+
+
+def perimeter_id(policy: Policy, decision: Decision) -> str:
+    """The resource ID of the perimeter that decided (the diagnostic shape's ``resourceId``); empty when the
+    caller is in no perimeter."""
+    compiled = policy.association(decision.resource)
+    return compiled.perimeter.resource_id if compiled else ""
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
@@ -121,6 +145,11 @@ def timestamp(now: float | None = None) -> str:
 
 def _format_datetime(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _port(port: int) -> str:
+    """The table's ports are strings; an unknown port (0) is empty, like every other unknown column."""
+    return str(port) if port else ""
 
 
 def _params(values: dict[str, Any] | None) -> str:

@@ -307,9 +307,13 @@ def _destination(text: str) -> tuple[str, int]:
 
 
 def _print_decision(decision: Decision, facts: InboundFacts | OutboundFacts, policy: Any, as_json: bool) -> None:
-    from proxy.accesslog import build_record
+    from proxy.accesslog import build_record, perimeter_id
+    from proxy.logformats import diagnostic_record
+    from proxy.telemetry import LOG_FORMAT_DIAGNOSTIC, LOG_RULE_TYPES
 
-    record = build_record(decision, facts, policy)
+    record = build_record(decision, facts, policy)  # the record the proxy would log, in the configured format
+    if policy.config.settings.access_log_format == LOG_FORMAT_DIAGNOSTIC:
+        record = diagnostic_record(record, perimeter_id(policy, decision))
     if as_json:
         data = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(decision).items()}
         print(json.dumps({"decision": data, "accessLogRecord": record}, indent=2))
@@ -319,7 +323,8 @@ def _print_decision(decision: Decision, facts: InboundFacts | OutboundFacts, pol
     print(f"  resource:   {decision.resource} (perimeter {decision.perimeter}, mode "
           f"{decision.mode.value if decision.mode else '-'})")
     print(f"  profile:    {decision.profile}")
-    print(f"  rule:       {decision.matched_rule or '-'} ({decision.rule_type.value})")
+    print(f"  rule:       {decision.matched_rule or '-'} ({decision.rule_type.value}; logged as RuleType "
+          f"{LOG_RULE_TYPES[decision.rule_type]})")
     print(f"  enforced would deny: {'yes' if decision.would_deny else 'no'}")
     print(f"  reason:     {decision.reason}")
 

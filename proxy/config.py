@@ -268,6 +268,8 @@ class _Validator:
             max_header_bytes=int(limits.get("headerBytes", base.max_header_bytes)),
             max_header_count=int(limits.get("headerCount", base.max_header_count)),
             max_target_bytes=int(limits.get("targetBytes", base.max_target_bytes)),
+            access_log_format=str(raw.get("accessLogFormat", base.access_log_format)),
+            access_log_aggregation=float((raw.get("accessLogAggregation") or {}).get("windowSeconds", 0)),
         )
 
     def _optional_endpoint(

@@ -43,17 +43,45 @@ def http_date(now: float | None = None) -> str:
     return _date_cache[1]
 
 
+# Storage's NSP denial message (AzureStorageExplorer#8979, a full response from Azure; the classic firewall's is
+# "This request is not authorized to perform this operation.").
+STORAGE_NSP_MESSAGE = "This request is not authorized by network security perimeter to perform this operation."
+STORAGE_ERROR_CODE = "AuthorizationFailure"
+# The Table service answers in the OData JSON flavour its caller accepts (Accept or $format), else in XML.
+_TABLE_JSON = {"application/json": "application/json;odata=minimalmetadata",
+               "application/json;odata=nometadata": "application/json;odata=nometadata",
+               "application/json;odata=minimalmetadata": "application/json;odata=minimalmetadata",
+               "application/json;odata=fullmetadata": "application/json;odata=fullmetadata"}
+APP_CONFIGURATION_PROBLEM = {  # learn.microsoft.com/azure/azure-app-configuration/network-access-errors
+    "type": "https://azconfig.io/errors/nsp-rejected",
+    "title": ("Access to this resource is governed by a Network Security Perimeter. The request fails to meet the "
+              "criteria for inbound access. See https://aka.ms/appconfig/network-access-errors for more "
+              "information."),
+    "status": 403,
+}
+
+
 def inbound_denial(service_kind: str, decision: Decision, client_ip: str, resource_id: str,
-                   location: str) -> DenialResponse:
+                   location: str, accept: str = "") -> DenialResponse:
+    """The denial ``service_kind``'s service sends (README "What a denied client sees" says which are
+    documented NSP bodies and which the service's firewall denial). ``accept``: the request's Accept header
+    (or ``$format``), which chooses the Table service's JSON flavour."""
     request_id = str(uuid.uuid4())
     if service_kind == "microsoft.storage":
-        return _storage(request_id)
+        return _storage(request_id, accept)
+    if service_kind == "microsoft.appconfiguration":
+        headers = (("content-type", "application/problem+json; charset=utf-8"), ("x-ms-request-id", request_id))
+        return DenialResponse(403, headers, json.dumps(APP_CONFIGURATION_PROBLEM).encode("utf-8"))
     if service_kind == "microsoft.keyvault":
         return _keyvault(request_id, client_ip, resource_id, location)
-    if service_kind == "microsoft.documentdb":
-        return _json(request_id, {"code": "Forbidden", "message": (
-            f"Request originated from IP {client_ip} through public internet. This is blocked by your "
-            "Cosmos DB account firewall settings.")})
+    if service_kind == "microsoft.documentdb":  # Cosmos DB errors are a top-level {code, message}
+        headers = (("content-type", "application/json"), ("x-ms-activity-id", request_id))
+        return DenialResponse(403, headers, json.dumps({"code": "Forbidden", "message": (
+            f"Request originated from IP {client_ip} through public internet. This is blocked by your Cosmos DB "
+            f"account firewall settings. More info: https://aka.ms/cosmosdb-tsg-forbidden\r\nActivityId: "
+            f"{request_id}")}).encode("utf-8"))
+    if service_kind == "microsoft.cognitiveservices":
+        return _json(request_id, {"code": "403", "message": "Access denied due to Virtual Network/Firewall rules."})
     return _json(request_id, {"code": "Forbidden", "message": (
         f"Public network access from {client_ip} is denied by the network security perimeter "
         f"(profile {decision.profile}).")})
@@ -68,20 +96,28 @@ def outbound_denial(destination: str, decision: Decision) -> DenialResponse:
     return DenialResponse(403, headers, text.encode("utf-8"))
 
 
-def _storage(request_id: str) -> DenialResponse:
+def _storage(request_id: str, accept: str) -> DenialResponse:
+    """Blob, Queue and Data Lake: XML after a UTF-8 byte-order mark, as the service writes it (276 bytes, the
+    Content-Length of the recorded response). Table: OData JSON for callers that accept JSON (what the Table
+    SDKs send), without a BOM, with the same code and message."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
-    body = (
-        '<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthorizationFailure</Code>'
-        "<Message>This request is not authorized to perform this operation.\n"
-        f"RequestId:{request_id}\nTime:{now}</Message></Error>"
-    )
+    text = f"{STORAGE_NSP_MESSAGE}\nRequestId:{request_id}\nTime:{now}"
+    flavour = _TABLE_JSON.get("".join(accept.split()).lower().split(",")[0])
+    if flavour is not None:
+        content_type = f"{flavour};streaming=true;charset=utf-8"
+        body = json.dumps({"odata.error": {"code": STORAGE_ERROR_CODE, "message": {"lang": "en-US", "value": text}}},
+                          separators=(",", ":")).encode("utf-8")
+    else:
+        content_type = "application/xml"
+        body = ('\ufeff<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthorizationFailure</Code>'
+                f"<Message>{text}</Message></Error>").encode()
     headers = (
-        ("content-type", "application/xml"),
+        ("content-type", content_type),
         ("server", "Microsoft-HTTPAPI/2.0"),
         ("x-ms-request-id", request_id),
-        ("x-ms-error-code", "AuthorizationFailure"),
+        ("x-ms-error-code", STORAGE_ERROR_CODE),
     )
-    return DenialResponse(403, headers, body.encode("utf-8"))
+    return DenialResponse(403, headers, body)
 
 
 def _keyvault(request_id: str, client_ip: str, resource_id: str, location: str) -> DenialResponse:

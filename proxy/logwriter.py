@@ -9,7 +9,9 @@ way (disk full), it truncates the file back to that size and writes the batch's 
 whole or truncated away, so a failure never leaves a partial line that the next record would be glued onto. On a
 pipe, which cannot be truncated, a partial line is ended with a newline instead. Every line is counted exactly
 once: written (``on_written``) or failed (``on_failed`` with the error), and the writer is ``healthy`` from the
-first failed write until the next successful one.
+first failed write until the next successful one. A line carries a weight, the number of records it stands for
+(an aggregated record's Count), and every count reported is in records, so decisions = written + failed + dropped
+holds with aggregation on.
 """
 
 from __future__ import annotations
@@ -42,21 +44,22 @@ class AccessLogWriter:
             os.makedirs(directory, exist_ok=True)
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._seekable = stat.S_ISREG(os.fstat(self._fd).st_mode)
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._busy = False  # the thread holds a batch it has not finished writing
+        self._busy = 0  # records in the batch the thread holds and has not finished writing
         self._thread = threading.Thread(target=self._run, name=f"access-log {target}", daemon=True)
         self._thread.start()
 
     # -- the event loop's side --------------------------------------------------------------------------------
 
-    def submit(self, line: bytes) -> bool:
-        """Queue one whole line; False (nothing queued) when the queue is full or the writer is closed."""
+    def submit(self, line: bytes, weight: int = 1) -> bool:
+        """Queue one whole line standing for ``weight`` records; False (nothing queued) when the queue is full
+        or the writer is closed. Safe from any thread."""
         with self._cond:
             if self._closing or len(self._queue) >= self.capacity:
                 return False
-            self._queue.append(line)
+            self._queue.append((line, weight))
             if len(self._queue) == 1:
                 self._cond.notify()
         return True
@@ -80,7 +83,7 @@ class AccessLogWriter:
         if not self._thread.is_alive():
             return 0
         with self._cond:  # stuck (a reader that stopped reading): what is still queued is lost
-            left = len(self._queue) + (1 if self._busy else 0)
+            left = sum(weight for _, weight in self._queue) + self._busy
             self._queue.clear()
         return left
 
@@ -95,10 +98,10 @@ class AccessLogWriter:
                     break
                 batch = list(self._queue)
                 self._queue.clear()
-                self._busy = True
+                self._busy = sum(weight for _, weight in batch)
             self._write_batch(batch)
             with self._cond:
-                self._busy = False
+                self._busy = 0
         try:
             if self._seekable:
                 os.fsync(self._fd)
@@ -106,22 +109,22 @@ class AccessLogWriter:
             pass
         os.close(self._fd)
 
-    def _write_batch(self, batch: list[bytes]) -> None:
-        error = self._write_whole(b"".join(batch))
+    def _write_batch(self, batch: list[tuple[bytes, int]]) -> None:
+        error = self._write_whole(b"".join(line for line, _ in batch))
         if error is None:
             self.healthy = True
-            self._on_written(len(batch))
+            self._on_written(sum(weight for _, weight in batch))
             return
         if len(batch) == 1:
-            self._failed(1, error)
+            self._failed(batch[0][1], error)
             return
-        for line in batch:  # a failed batch: as many of its lines as fit, each whole
+        for line, weight in batch:  # a failed batch: as many of its lines as fit, each whole
             error = self._write_whole(line)
             if error is None:
                 self.healthy = True
-                self._on_written(1)
+                self._on_written(weight)
             else:
-                self._failed(1, error)
+                self._failed(weight, error)
 
     def _failed(self, count: int, error: OSError) -> None:
         self.healthy = False

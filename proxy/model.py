@@ -140,6 +140,8 @@ class Settings:
     max_header_bytes: int = 65536  # request line + every header line
     max_header_count: int = 100
     max_target_bytes: int = 8192  # the request target (path and query, or absolute form)
+    access_log_format: str = "nspAccessLogs"  # or "diagnostic" (proxy.telemetry.LOG_FORMATS)
+    access_log_aggregation: float = 0.0  # seconds of an aggregation window; 0: every decision its own line
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,12 @@ written at shutdown too. Nothing here blocks: the writer thread does the I/O (``
 
 Counts: ``nsp_decisions_total`` moves when a record is submitted; each submitted record then ends up in exactly
 one of ``nsp_access_log_records_total`` (written), ``nsp_access_log_errors_total`` (write or build failed) or
-``nsp_access_log_dropped_total`` (queue full, or still queued when the shutdown flush timed out).
+``nsp_access_log_dropped_total`` (queue full, or still queued when the shutdown flush timed out); an aggregated
+line counts as the Count records it stands for.
+
+Shape (``settings.accessLogFormat``): the NSPAccessLogs table's columns, or the diagnostic-settings JSON
+(``proxy.logformats``). With ``settings.accessLogAggregation`` on, built records go through
+``proxy.aggregation`` first and are formatted and queued when their window ends.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import threading
 import time
 from typing import Any
 
-from proxy.accesslog import build_record, encode_record
+from proxy.accesslog import build_record, encode_record, perimeter_id
+from proxy.aggregation import Aggregator
 from proxy.decision import Decision, InboundFacts, OutboundFacts
+from proxy.logformats import diagnostic_record
 from proxy.logwriter import DEFAULT_FLUSH_TIMEOUT, DEFAULT_QUEUE_SIZE, AccessLogWriter
-from proxy.model import AccessMode
+from proxy.model import AccessMode, Settings
 from proxy.policy import Policy
-from proxy.telemetry import PARAM_UPSTREAM_ERROR, PARAM_UPSTREAM_STATUS
+from proxy.telemetry import LOG_FORMAT_DIAGNOSTIC, PARAM_UPSTREAM_ERROR, PARAM_UPSTREAM_STATUS
 
 log = logging.getLogger("nsp-proxy")
 
@@ -40,6 +47,8 @@ class Recorder:
         self._count_lock = threading.Lock()
         self._last_error_log = 0.0
         self._pending: dict[Any, tuple[Decision, Facts, Policy, dict[str, Any]]] = {}
+        self._diagnostic = False
+        self._aggregator: Aggregator | None = None
         self.writer = self._open(target)
         metrics.log_queue.set_function(lambda: self.writer.depth())
 
@@ -50,18 +59,49 @@ class Recorder:
         refuse what it was about to let through."""
         self.metrics.observe(decision)
         try:
-            line = encode_record(build_record(decision, facts, policy, **details))
+            record = build_record(decision, facts, policy, **details)
+            context = perimeter_id(policy, decision) if self._diagnostic else ""
+            if self._aggregator is not None:
+                self._aggregator.add(record, context)
+                return self.writer.accepting()
+            line = self._encode(record, context)
         except Exception:  # a record that cannot be built must not take the decision with it
             log.exception("access log: could not build the record")
             self.metrics.log_errors.labels("build").inc()
             return False
+        return self._submit(line, 1)
+
+    def _encode(self, record: dict[str, Any], context: str) -> bytes:
+        return encode_record(diagnostic_record(record, context) if self._diagnostic else record)
+
+    def _submit(self, line: bytes, weight: int) -> bool:
         healthy = self.writer.healthy
-        if self.writer.submit(line):
+        if self.writer.submit(line, weight):
             return healthy
-        self.metrics.log_dropped.inc()
-        self._complain(f"access log: queue full ({self.writer.capacity} records), record of a "
-                       f"{decision.category.value} decision dropped")
+        self.metrics.log_dropped.inc(weight)
+        self._complain(f"access log: queue full ({self.writer.capacity} records), {weight} record(s) dropped")
         return False
+
+    def _emit(self, record: dict[str, Any], context: str) -> None:
+        """An aggregated record whose window ended (the aggregator's timer thread, or the loop)."""
+        try:
+            line = self._encode(record, context)
+        except Exception:
+            log.exception("access log: could not build the record")
+            self.metrics.log_errors.labels("build").inc(record["Count"])
+            return
+        self._submit(line, record["Count"])
+
+    def configure(self, settings: Settings) -> None:
+        """Apply settings.accessLogFormat and settings.accessLogAggregation (at start and on reload: what is
+        aggregated so far is written in the old shape first)."""
+        window = settings.access_log_aggregation
+        if self._aggregator is not None and self._aggregator.window != window:
+            self._aggregator.close()
+            self._aggregator = None
+        self._diagnostic = settings.access_log_format == LOG_FORMAT_DIAGNOSTIC
+        if window > 0 and self._aggregator is None:
+            self._aggregator = Aggregator(window, self._emit, max_groups=self.queue_size)
 
     def accepting(self) -> bool:
         return self.writer.accepting()
@@ -102,6 +142,8 @@ class Recorder:
         """Open ``target`` (OSError if it cannot be) and write there from now on; the old writer finishes its
         queue by itself."""
         writer = self._open(target)
+        if self._aggregator is not None:
+            self._aggregator.flush()  # what was aggregated so far belongs to the old file
         old, self.writer = self.writer, writer
         self.metrics.log_dropped.inc(old.close(timeout=0))
 
@@ -109,6 +151,9 @@ class Recorder:
         """Write every pending record, then flush the queue (at most ``flush_timeout`` seconds)."""
         for key in list(self._pending):
             self.complete(key, None, why)
+        if self._aggregator is not None:
+            self._aggregator.close()
+            self._aggregator = None  # a record after this goes to the closed writer: counted as dropped
         lost = self.writer.close(self.flush_timeout)
         if lost:
             self.metrics.log_dropped.inc(lost)

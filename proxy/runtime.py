@@ -55,6 +55,7 @@ class Runtime:
         settings = config.settings
         self.recorder = Recorder(self.metrics, self.access_log_target(config), queue_size=settings.access_log_queue,
                                  flush_timeout=settings.access_log_flush_timeout)
+        self.recorder.configure(settings)
         for result in ("success", "failure"):  # both series exist from the start; the initial load is no reload
             self.metrics.reloads.labels(result)
         self.metrics.generation.set(1)
@@ -164,6 +165,7 @@ class Runtime:
                     self.recorder.replace(old_target)
                 apply_listeners()
             raise
+        self.recorder.configure(new.config.settings)
         self.metrics.reloads.labels("success").inc()
         self.metrics.generation.set(new.policy.generation)
         for warning in new.config.warnings:

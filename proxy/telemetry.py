@@ -63,6 +63,7 @@ class Field(StrEnum):
     SERVICE_FQDN = "ServiceFqdn"
     SERVICE_RESOURCE_ID = "ServiceResourceId"
     LOCATION = "Location"
+    APP_ID = "AppId"
     PARAMETERS = "Parameters"  # nsp-proxy extension inside Azure's Parameters column: mode, association
 
 
@@ -79,7 +80,8 @@ class TrafficType(StrEnum):
 
 
 class RuleType(StrEnum):
-    """What kind of rule (or built-in behaviour) produced a decision."""
+    """What kind of rule (or built-in behaviour) produced a decision: nsp-proxy's own detail, shown by
+    ``explain``. The access log's RuleType column says only where the rule is defined (``LOG_RULE_TYPES``)."""
 
     ADDRESS_PREFIXES = "AddressPrefixes"
     SUBSCRIPTIONS = "Subscriptions"
@@ -122,3 +124,25 @@ RELOAD_RESULTS = ("success", "failure")
 # DestinationParameters keys nsp-proxy adds to an allowed request's record once its outcome is known.
 PARAM_UPSTREAM_STATUS = "upstreamStatus"  # the status the client got: the upstream's, or the proxy's 502/504
 PARAM_UPSTREAM_ERROR = "upstreamError"  # why there was no upstream response (short text, no errno/address)
+
+# The RuleType column (NSPAccessLogs: "where the rule is defined: NSP or PaaS resource"): "PaaS" when the
+# resource's own network rules decided (Transition fallback), "NSP" for everything the perimeter decided
+# (access rules, intra-perimeter, private endpoints, and perimeter denials where no rule matched). Records of
+# nsp-proxy's own refusals (categories in PROXY_CATEGORIES, no rule at all) write "None".
+RULE_TYPE_NSP = "NSP"
+RULE_TYPE_PAAS = "PaaS"
+RULE_TYPE_NONE = "None"
+LOG_RULE_TYPES = {kind: (RULE_TYPE_PAAS if kind is RuleType.RESOURCE_RULES else RULE_TYPE_NSP) for kind in RuleType}
+# MatchedRule of a Transition decision the resource's own IP firewall allowed, as Azure logs it (AI Search's NSP
+# page: a resource-rule match shows {"accessRule": "IP firewall"}).
+RESOURCE_FIREWALL_RULE = "IP firewall"
+PROXY_CATEGORIES = frozenset({"NspProxyRequestRefused"})  # nsp-proxy extensions: not decisions of a rule
+# SourceProtocol/DestinationProtocol are "{AppProtocol}:{TransportProtocol}" (e.g. HTTPS:TCP). A CONNECT tunnel
+# whose bytes nsp-proxy has not seen (no TLS ClientHello, no request) has no known application protocol: its
+# records say TCP:TCP (the tunnel itself is the application-level unit that was decided).
+LOG_PROTOCOLS = {"HTTP": "HTTP:TCP", "HTTPS": "HTTPS:TCP", "TCP": "TCP:TCP"}
+# settings.accessLogFormat: the NSPAccessLogs table's flat columns, or the nested shape diagnostic settings
+# send to storage accounts and event hubs.
+LOG_FORMAT_TABLE = "nspAccessLogs"
+LOG_FORMAT_DIAGNOSTIC = "diagnostic"
+LOG_FORMATS = (LOG_FORMAT_TABLE, LOG_FORMAT_DIAGNOSTIC)

@@ -53,6 +53,17 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def azurite_services(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Iterator[dict[str, Azurite]]:
+    """Azurite's blob, queue and table servers: ``azurite_services["queue"].port`` ..."""
+    servers = {"blob": azurite}
+    for service in ("queue", "table"):
+        servers[service] = start_azurite(tmp_path_factory.mktemp(f"azurite-{service}"), service)
+    yield servers
+    for service in ("queue", "table"):
+        servers[service].stop()
+
+
 @pytest.fixture
 def dnsmasq(tmp_path: Path) -> Iterator[Callable[[Records], Dnsmasq]]:
     """``dnsmasq({"name.test": "127.0.0.2", "multi.test": ["127.0.0.3", "127.0.0.4"]})`` starts a DNS server

@@ -242,24 +242,26 @@ class Azurite:
                 self.process.kill()
 
 
-def start_azurite(workdir: Path) -> Azurite:
-    binary = require("azurite-blob", "npm install -g azurite")
+def start_azurite(workdir: Path, service: str = "blob") -> Azurite:
+    """Azurite's ``service`` server (blob, queue or table: each is its own binary of the npm package)."""
+    binary = require(f"azurite-{service}", "npm install -g azurite")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log = (workdir / "azurite.log").open("w")
     process = subprocess.Popen(
-        [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(workdir), "--silent",
-         "--skipApiVersionCheck", "--loose"],
+        [binary, f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port), "--location", str(workdir),
+         "--silent", "--skipApiVersionCheck", "--loose"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     wait_for_port(port, alive=lambda: process.poll() is None)
     return Azurite(process, port, workdir)
 
 
-def blob_connection_string(port: int) -> str:
-    """A connection string for Azurite's well-known account, reached at 127.0.0.1:``port`` (the proxy)."""
+def blob_connection_string(port: int, service: str = "Blob") -> str:
+    """A connection string for Azurite's well-known account, its ``service`` (Blob, Queue, Table) reached at
+    127.0.0.1:``port`` (the proxy)."""
     return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+            f"{service}Endpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
 
 
 # -- dnsmasq --------------------------------------------------------------------------------------------------

@@ -666,7 +666,7 @@ def test_explain_outbound_json(config_file: Path) -> None:
     assert record["Category"] == "NspPublicOutboundPerimeterRulesDenied"
     assert record["ResultAction"] == "Denied"
     assert record["DestinationFqdn"] == "example.com"
-    assert record["DestinationPort"] == 443
+    assert record["DestinationPort"] == "443"
 
 
 def test_explain_subscription_by_resource_id(config_file: Path) -> None:

@@ -186,12 +186,12 @@ def assert_record(record: dict[str, Any], *, category: str, action: str, fqdn: s
     assert record["ResultAction"] == action, record
     assert record["ResultDirection"] == "Outbound", record
     assert record["DestinationFqdn"] == fqdn, record
-    assert record["DestinationPort"] == port, record
+    assert record["DestinationPort"] == str(port), record
     assert rule_of(record) == rule, record
     assert params_of(record).get("resolvedAddress") == resolved, record
     assert record["Count"] == 1
     if protocol:
-        assert record["DestinationProtocol"] == protocol, record
+        assert record["DestinationProtocol"] == f"{protocol}:TCP", record
 
 
 # -- 1, 9: allowed FQDN over plain HTTP, on any port ---------------------------------------------------------
@@ -429,7 +429,7 @@ def test_ip_literal_denied_in_enforced_allowed_in_transition(nsp_proxy, dnsmasq,
                   resolved="127.0.0.2", protocol="TCP")
     for record in records[3:]:
         assert "IP-literal destination 127.0.0.2" in record["ResultDescription"]
-        assert record["RuleType"] == "ResourceRules"
+        assert record["RuleType"] == "PaaS"
         assert record["Profile"] == "prof"
 
 
@@ -640,7 +640,7 @@ def test_shared_listener_attribution_and_intra_perimeter(nsp_proxy, dnsmasq, bac
     assert "not a resource of any perimeter" in unknown["ResultDescription"]
     assert_record(peer_out, category=ATTEMPT, action="Approved", fqdn="peer.internal.test", port=peer_listen,
                   resolved="127.0.0.1")
-    assert (peer_out["TrafficType"], peer_out["RuleType"]) == ("Intra", "IntraPerimeter")
+    assert (peer_out["TrafficType"], peer_out["RuleType"]) == ("Intra", "NSP")
     assert "'peer'" in peer_out["ResultDescription"]
     assert (peer_in["Category"], peer_in["ResultDirection"]) == ("NspIntraPerimeterInboundAllowed", "Inbound")
     assert peer_in["DestinationResourceId"] == RESOURCE_ID + "peer"
@@ -708,7 +708,7 @@ def test_transition_lets_rule_denied_traffic_through_and_counts_it(nsp_proxy, dn
     assert_record(tunnelled, category=RESOURCE_ALLOWED, action="Approved", fqdn="other.test", port=tls.port,
                   resolved="127.0.0.2", protocol="TCP")
     for record in (plain, tunnelled):
-        assert record["RuleType"] == "ResourceRules"
+        assert record["RuleType"] == "PaaS"
         assert "no outbound rule allows other.test" in record["ResultDescription"]
         assert "Enforced would deny" in record["ResultDescription"]
     assert_record(audit_r, category=DENIED, action="Approved", fqdn="other.test", port=backend.port,

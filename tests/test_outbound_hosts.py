@@ -74,7 +74,7 @@ def assert_probe_records(records: list[dict[str, Any]], label: str, port: int) -
     assert "Enforced would deny" in learning["ResultDescription"]
     for record in records:
         assert label in record["ResultDescription"] and "differs from the destination" in record["ResultDescription"]
-        assert (record["DestinationFqdn"], record["DestinationPort"]) == (NAME, port), record
+        assert (record["DestinationFqdn"], record["DestinationPort"]) == (NAME, str(port)), record
 
 
 # -- plain forward requests -----------------------------------------------------------------------------------
@@ -221,4 +221,4 @@ def test_decrypted_request_naming_another_host(nsp_proxy, dnsmasq, backends, tmp
     connect_e, probe_e, connect_l, probe_l = records_after(proxy, 4)
     assert connect_e["Category"] == connect_l["Category"] == ALLOWED
     assert_probe_records([probe_e, probe_l], label, backend.port)
-    assert probe_e["DestinationProtocol"] == "HTTPS"
+    assert probe_e["DestinationProtocol"] == "HTTPS:TCP"

@@ -107,7 +107,7 @@ def test_keep_alive_forward_requests_reuse_one_upstream_connection(
     assert len(set(backend.peers)) == 1, f"{len(set(backend.peers))} upstream connections for one client connection"
     records = records_after(proxy, COUNT)
     assert {(r["Category"], r["DestinationFqdn"], r["DestinationProtocol"]) for r in records} == {
-        (category, name, "HTTP")}
+        (category, name, "HTTP:TCP")}
     assert [r["OperationName"] for r in records[:2]] == [
         f"GET http://{name}:{backend.port}{hit[1]}" for hit in backend.hits[:2]]
 

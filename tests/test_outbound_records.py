@@ -43,15 +43,15 @@ def _raw(fwd: int, request: str) -> int:
 
 CASES = [
     pytest.param(lambda fwd, port, ca: curl(fwd, f"http://{NAME}:{port}/a/b?secret=1").status, False,
-                 [("GET http://{name}:{port}/a/b", "HTTP", ALLOWED)], id="plain-forward-query-stripped"),
+                 [("GET http://{name}:{port}/a/b", "HTTP:TCP", ALLOWED)], id="plain-forward-query-stripped"),
     pytest.param(lambda fwd, port, ca: _raw(fwd, f"GET https://{NAME}:{port}/abs?q HTTP/1.1\r\nHost: {NAME}:{port}"
                                                  "\r\nConnection: close\r\n\r\n"), True,
-                 [("GET https://{name}:{port}/abs", "HTTPS", ALLOWED)], id="absolute-https-target"),
+                 [("GET https://{name}:{port}/abs", "HTTPS:TCP", ALLOWED)], id="absolute-https-target"),
     pytest.param(lambda fwd, port, ca: curl(fwd, f"https://{NAME}:{port}/t", "--cacert", str(ca)).status, True,
-                 [("CONNECT {name}:{port}", "TCP", ALLOWED)], id="connect"),
+                 [("CONNECT {name}:{port}", "TCP:TCP", ALLOWED)], id="connect"),
     pytest.param(lambda fwd, port, ca: curl(fwd, f"http://{NAME}:{port}/in?x=1", "-p", "-H",
                                                         "Host: evil.test").status, False,
-                 [("CONNECT {name}:{port}", "TCP", ALLOWED), ("GET http://{name}:{port}/in", "HTTP", DENIED)],
+                 [("CONNECT {name}:{port}", "TCP:TCP", ALLOWED), ("GET http://{name}:{port}/in", "HTTP:TCP", DENIED)],
                  id="request-in-plain-tunnel"),
 ]
 

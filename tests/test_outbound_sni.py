@@ -72,7 +72,7 @@ def test_unreadable_or_other_server_name_is_a_mismatch(nsp_proxy, dnsmasq, backe
             "ResultDescription"]
         assert shown in params_of(record)["sni"]
         assert record["OperationName"] == f"TLS {NAME}:{backend.port}"
-        assert record["DestinationProtocol"] == "HTTPS"
+        assert record["DestinationProtocol"] == "HTTPS:TCP"
     assert backend.hits == []
 
 
