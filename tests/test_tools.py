@@ -317,3 +317,27 @@ def test_any_record_shape_is_read_or_refused_never_raises(data: dict[str, Any]) 
         from proxy.tools import report
 
         report.as_html(report.summarise([entry]))
+
+
+def test_a_record_in_the_diagnostic_shape_reads_like_the_flat_one() -> None:
+    """``settings.accessLogFormat: diagnostic`` nests the caller and target in ``Source``/``Destination``: the
+    tools read such a line exactly as the flat NSPAccessLogs line it was made from."""
+    from proxy.logformats import diagnostic_record
+    from proxy.telemetry import Field
+    from proxy.tools.logread import entry_from
+
+    flat: dict[str, object] = {field.value: "" for field in Field}
+    flat.update({
+        "TimeGenerated": "2026-11-26T04:27:44.113369Z", "TimeGeneratedEndTime": "2026-11-26T04:27:44.113369Z",
+        "Count": 1, "Category": "NspPublicInboundResourceRulesAllowed", "OperationName": "GET /c/blob",
+        "ResultAction": "Approved", "ResultDirection": "Inbound", "ResultDescription": "x", "RuleType": "PaaS",
+        "Profile": "prof", "SourceIpAddress": "203.0.113.7", "SourcePort": "50123", "SourceProtocol": "HTTPS:TCP",
+        "SourceParameters": json.dumps({"subscription": "11111111-2222-3333-4444-555555555555"}),
+        "DestinationFqdn": "st1.blob.core.windows.net", "DestinationPort": "443", "DestinationProtocol": "HTTPS:TCP",
+        "ServiceResourceId": "/subscriptions/x/storageAccounts/st1",
+        "Parameters": json.dumps({"accessMode": "Learning", "allowed": True, "perimeter": "p1",
+                                  "resourceAssociation": "st1", "wouldDeny": True}),
+    })
+    nested = entry_from(diagnostic_record(flat, "/subscriptions/x/networkSecurityPerimeters/p1"))
+    assert nested == entry_from(flat)
+    assert nested is not None and (nested.source_ip, nested.destination_port) == ("203.0.113.7", 443)

@@ -174,13 +174,20 @@ def _flatten(data: dict[str, Any]) -> dict[str, Any]:
     properties = data.get("properties")
     if not isinstance(properties, dict) or Field.CATEGORY.value in data:
         return data
-    flat = {_pascal(k): v for k, v in properties.items()}
+    flat = {_pascal(k): v for k, v in properties.items() if not isinstance(v, dict) or _pascal(k) not in _NESTED}
+    for side in _NESTED:  # {"Source": {"IpAddress": ...}} -> "SourceIpAddress" (proxy.logformats writes this)
+        nested = properties.get(side) or properties.get(side.lower())
+        if isinstance(nested, dict):
+            flat.update({f"{side}{_pascal(k)}": v for k, v in nested.items()})
     for key in ("category", "operationName", "operationVersion", "resultDescription", "count"):
         if key in data and _pascal(key) not in flat:
             flat[_pascal(key)] = data[key]
     if "time" in data and Field.TIME_GENERATED.value not in flat:
         flat[Field.TIME_GENERATED.value] = data["time"]
     return flat
+
+
+_NESTED = ("Source", "Destination")  # the diagnostic shape's nested objects
 
 
 def _pascal(key: str) -> str:
