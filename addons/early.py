@@ -16,6 +16,7 @@ mitmproxy 11 and 12; installed once, by ``addons.wire``):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -71,6 +72,7 @@ def install(head_limit: Callable[[], int]) -> None:
     def make_body_reader(expected_size: int | None) -> Any:
         return TrailerDroppingChunkedReader() if expected_size is None else original_reader(expected_size)
 
+    @functools.wraps(original_read_head)  # inspect.getsource() still shows mitmproxy's (tests check it)
     def read_headers(self: Any, event: Any) -> Generator[Any, Any, None]:
         yield from original_read_head(self, event)
         if (isinstance(event, events.DataReceived) and self.state == self.read_headers

@@ -453,6 +453,8 @@ class Backend:
     def peers(self) -> list[tuple[str, int]]:
         """The client address of the connection each hit came on (one address: the connection was reused)."""
         return self.server.peers  # type: ignore[attr-defined]
+
+    @property
     def headers(self) -> list[dict[str, str]]:
         """The headers of every request received (names lower case), in order."""
         return self.server.headers  # type: ignore[attr-defined]

@@ -66,6 +66,17 @@ def two_mode_proxy(nsp_proxy, dnsmasq, *, intercept: bool = False, extra_args: l
     return proxy, enforced, learning
 
 
+# A request the wire guard refuses in every mode (RFC 9112: a second Host header; an HTTP/2 :path that is not a
+# path): 400, nothing forwarded, one NspProxyRequestRefused record per probe (README, wire hygiene).
+REFUSED = "refused by the wire guard"
+
+
+def assert_refused(statuses: list[int], backend: Backend, records: list[dict[str, Any]]) -> None:
+    assert statuses == [400, 400] and backend.hits == []
+    for record in records:
+        assert (record["Category"], record["ResultAction"]) == ("NspProxyRequestRefused", "Denied"), record
+
+
 def assert_probe_records(records: list[dict[str, Any]], label: str, port: int) -> None:
     """The Enforced probe's Denied record and the Transition probe's would-deny record."""
     enforced, learning = records
@@ -86,7 +97,7 @@ FORWARD = [
     pytest.param("Host: {name} evil", "Host header", id="host-space"),
     pytest.param("Host: {name}:", "Host header", id="host-empty-port"),
     pytest.param("Host: {name}:8o", "Host header", id="host-port-garbage"),
-    pytest.param("Host: {name}:{port}\r\nHost: evil.test", "Host header", id="second-host-header"),
+    pytest.param("Host: {name}:{port}\r\nHost: evil.test", REFUSED, id="second-host-header"),
 ]
 
 
@@ -101,6 +112,9 @@ def test_plain_forward_request_naming_another_host(nsp_proxy, dnsmasq, backends,
         with socket.create_connection(("127.0.0.1", fwd), timeout=10) as sock:
             sock.sendall(request)
             statuses.append(read_response(sock))
+    if label == REFUSED:
+        assert_refused(statuses, backend, records_after(proxy, 2))
+        return
     assert statuses == [403, 200]
     assert [hit[1] for hit in backend.hits] == ["/probe"]
     assert_probe_records(records_after(proxy, 2), label, backend.port)
@@ -113,7 +127,7 @@ TUNNELLED = [
                  id="absolute-target-other"),
     pytest.param("GET /probe HTTP/1.1\r\nHost: evil.test", "Host header", id="host-other"),
     pytest.param("GET /probe HTTP/1.1\r\nHost: {name}:@evil.test", "Host header", id="host-userinfo-after-port"),
-    pytest.param("GET /probe HTTP/1.1\r\nHost: {name}\r\nHost: evil.test", "Host header", id="second-host-header"),
+    pytest.param("GET /probe HTTP/1.1\r\nHost: {name}\r\nHost: evil.test", REFUSED, id="second-host-header"),
 ]
 
 
@@ -129,6 +143,10 @@ def test_plain_http_in_a_tunnel_naming_another_host(nsp_proxy, dnsmasq, backends
             assert " 200 " in status
             sock.sendall(request)
             statuses.append(read_response(sock))
+    if label == REFUSED:
+        connect_e, probe_e, connect_l, probe_l = records_after(proxy, 4)
+        assert_refused(statuses, backend, [probe_e, probe_l])
+        return
     assert statuses == [403, 200]
     assert [hit[1].endswith("/probe") for hit in backend.hits] == [True]  # an absolute target stays absolute
     connect_e, probe_e, connect_l, probe_l = records_after(proxy, 4)
@@ -187,8 +205,7 @@ INTERCEPTED = [
     pytest.param("http/1.1", "GET /probe HTTP/1.1\r\nHost: {name}:@evil.test", "Host header",
                  id="h1-host-userinfo-after-port"),
     pytest.param("h2", _h2_request("evil.test:{port}"), "Host header", id="h2-authority-other"),
-    pytest.param("h2", _h2_request("{name}:{port}", "https://evil.test/probe"), "request target",
-                 id="h2-path-holds-url"),
+    pytest.param("h2", _h2_request("{name}:{port}", "https://evil.test/probe"), REFUSED, id="h2-path-holds-url"),
     # refused by the h2 stack itself (a protocol error closes the connection): undecided, nothing forwarded
     pytest.param("h2", _h2_request("{name}:{port}", "/probe", ("host", "evil.test")), None,
                  id="h2-host-header-beside-authority"),
@@ -215,6 +232,10 @@ def test_decrypted_request_naming_another_host(nsp_proxy, dnsmasq, backends, tmp
     if label is None:
         assert statuses in ([0, 0], [400, 400]) and backend.hits == []
         assert [r["Category"] for r in records_after(proxy, 2)] == [ALLOWED, ALLOWED]  # the two CONNECTs
+        return
+    if label == REFUSED:
+        connect_e, probe_e, connect_l, probe_l = records_after(proxy, 4)
+        assert_refused(statuses, backend, [probe_e, probe_l])
         return
     assert statuses == [403, 200]
     assert [hit[1].endswith("/probe") for hit in backend.hits] == [True]  # an absolute target stays absolute

@@ -3,6 +3,7 @@ swapped in another generation between the decision and the record (an outbound d
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def test_record_uses_the_deciding_generation(tmp_path: Path, before: tuple[str, 
                               destination_port=443)
         decision = runtime.decide_outbound(facts)
         path.write_text(TEMPLATE.format(location=after[0], account=after[1], prefix=PREFIX))
-        assert runtime.reload() and runtime.policy.generation == 2
+        assert asyncio.run(runtime.reload()) and runtime.policy.generation == 2
         runtime.record(decision, facts, operation="CONNECT api.allowed.test:443")
         runtime.record(runtime.decide_outbound(facts), facts, operation="CONNECT api.allowed.test:443")
     finally:
