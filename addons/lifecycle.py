@@ -21,6 +21,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from addons import compat
 from proxy.config import load_config
 from proxy.demo_backend import DemoBackend
+from proxy.dnsmemory import AnswerMemory
 from proxy.errors import ConfigError
 from proxy.listeners import mitmproxy_modes
 from proxy.model import Direction
@@ -39,6 +40,7 @@ class NspLifecycle:
         self.rewrites_host_header = False  # True when this addon turned on keep_host_header for the gate
         self.manages_listeners = False  # True when every mitmproxy listener is one this addon opened
         self._late_listeners: asyncio.Task | None = None  # see compat.open_listeners_before_running
+        self.answers = AnswerMemory()  # the DNS gate's answers, for transparent connections (addons.transparent)
 
     def load(self, loader: Loader) -> None:
         loader.add_option("nsp_config", str, "", "nsp-proxy configuration file (YAML).")

@@ -5,6 +5,7 @@ The same three addons run under ``nsp-proxy run``; see ``addons.lifecycle`` for 
 
 from __future__ import annotations
 
+from addons.dnsgate import DnsGateAddon
 from addons.inbound import InboundGate
 from addons.lifecycle import NspLifecycle
 from addons.limits import Limits
@@ -14,7 +15,8 @@ from addons.outcome import Outcome
 
 def make_addons() -> list[object]:
     lifecycle = NspLifecycle()
-    return [lifecycle, Limits(lifecycle), InboundGate(lifecycle), OutboundGate(lifecycle), Outcome()]
+    return [lifecycle, Limits(lifecycle), InboundGate(lifecycle), OutboundGate(lifecycle), Outcome(),
+            DnsGateAddon(lifecycle)]
 
 
 addons = make_addons()

@@ -136,6 +136,13 @@ class Settings:
     client_headers_timeout: float = 30.0  # seconds from connect to the first request's complete headers
     idle_timeout: float = 60.0  # seconds a kept-alive connection waits for its next request's headers
     max_client_connections: int = 1000  # open client connections per listener; more are closed on arrival
+    # Sidecar (README "Run as a sidecar"): a transparent listener for traffic an nftables rule redirected to it,
+    # callers told apart by outboundSourcePrefixes like settings.outbound; and the DNS gate (UDP and TCP).
+    transparent_listen_host: str | None = None
+    transparent_listen_port: int | None = None
+    dns_gate_listen_host: str | None = None
+    dns_gate_listen_port: int | None = None
+    dns_gate_memory: int = 4096  # (address -> name) answers the DNS gate remembers for transparent connections
 
 
 @dataclass(frozen=True)

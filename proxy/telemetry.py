@@ -24,6 +24,9 @@ class Category(StrEnum):
     PRIVATE_INBOUND_ALLOWED = "NspPrivateInboundAllowed"
     CROSS_PERIMETER_INBOUND_ALLOWED = "NspCrossPerimeterInboundAllowed"
     CROSS_PERIMETER_OUTBOUND_ALLOWED = "NspCrossPerimeterOutboundAllowed"
+    # nsp-proxy extensions (not Azure categories): one record per query the sidecar's DNS gate answers.
+    DNS_QUERY_ALLOWED = "NspProxyDnsQueryAllowed"  # resolved upstream and answered (Transition: also would-deny)
+    DNS_QUERY_DENIED = "NspProxyDnsQueryDenied"  # answered NXDOMAIN without any upstream query
 
 
 class Field(StrEnum):
@@ -118,3 +121,8 @@ RELOAD_RESULTS = ("success", "failure")
 # DestinationParameters keys nsp-proxy adds to an allowed request's record once its outcome is known.
 PARAM_UPSTREAM_STATUS = "upstreamStatus"  # the status the client got: the upstream's, or the proxy's 502/504
 PARAM_UPSTREAM_ERROR = "upstreamError"  # why there was no upstream response (short text, no errno/address)
+
+# The DNS gate's record: DestinationParameters keys (query type, the answer code and the addresses answered).
+PARAM_DNS_QTYPE = "dnsQueryType"
+PARAM_DNS_RCODE = "dnsResponseCode"
+PARAM_DNS_ANSWERS = "dnsAnswers"
