@@ -67,8 +67,11 @@ async def first_bytes(gate: OutboundGate, nextlayer: layer.NextLayer) -> None:
     """Decide a transparent connection by its first bytes, unless they are HTTP (decided per request)."""
     context = nextlayer.context
     runtime = gate._runtime_for(context.client)
-    if runtime is None or len(context.layers) != 1:
-        return  # deeper layers: TLS passed through unread has none; HTTP requests are decided on their own
+    top = context.layers[0] if context.layers else None
+    if runtime is None or getattr(top, "child_layer", None) is not nextlayer:
+        # Deeper layers (inside HTTP) are decided per request. The test is by identity: the layers mitmproxy's
+        # own next_layer addon built (before ours runs) are already in context.layers.
+        return
     data = nextlayer.data_client()
     if not data:
         nextlayer.layer = None  # nothing sent yet: ask again when something arrives

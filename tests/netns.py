@@ -82,7 +82,7 @@ def inside(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             finally:
                 os.close(fd)
             result["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # re-raised on the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
             result["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)

@@ -48,7 +48,7 @@ def dns_query(name: str, server: str, port: int, transport: str) -> str:
 def raw(host: str, port: int) -> str:
     try:
         with socket.create_connection((host, port), timeout=5) as sock:
-            sock.sendall(b"HELLO nsp\r\n")
+            sock.sendall(b"\x00\x01nsp-raw\r\n")  # plainly not HTTP nor TLS
             data = sock.recv(4096)
     except OSError as exc:
         return f"error {type(exc).__name__}"

@@ -22,13 +22,12 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests import netns
 from tests.support import REPO, Backend, Dnsmasq, RunningProxy, start_backend, start_dnsmasq, start_proxy, wait_until
@@ -168,10 +167,8 @@ def sidecar_env(tmp: Path, mode: str) -> Iterator[Sidecar]:
                       udp_any.getsockname()[1], tcp_seen, udp_seen)
     finally:
         for step in reversed(cleanup):
-            try:
+            with suppress(Exception):  # teardown goes on: the namespaces must go
                 step()
-            except Exception:  # teardown goes on: the namespaces must go
-                pass
         for ns in (w, b):
             netns.delete(ns)
         shutil.rmtree(shared, ignore_errors=True)
@@ -240,7 +237,6 @@ def test_denied_with_one_record(enforced: Sidecar, how: str) -> None:
     assert len(records) == 1, records
     assert records[0]["ResultAction"] == "Denied"
     assert records[0]["Category"] == "NspPublicOutboundPerimeterRulesDenied"
-    enforced.proxy.records().clear()
     assert (len(enforced.http.hits), len(enforced.https.hits)) == before
     _forget(enforced, host)
 
@@ -291,7 +287,6 @@ def test_transition_answers_and_logs_would_deny(tmp_path: Path) -> None:
         assert env.curl(f"http://denied.test:{env.http.port}/t") == "200"
         wait_until(lambda: len(env.records("denied.test")) >= 1, timeout=10)
         [record] = env.records("denied.test")
-        assert "would" in record["ResultDescription"].lower() or record["Category"].endswith("Allowed")
-        assert env.proxy.metric is not None
+        assert record["ResultAction"] == "Approved" and record["Category"] == "NspPublicOutboundResourceRulesAllowed"
         queries = env.records("denied.test", dns=True)
         assert queries and all(q["Category"] == "NspProxyDnsQueryAllowed" for q in queries)
