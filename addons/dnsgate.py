@@ -28,14 +28,17 @@ class DnsGateAddon:
         if not settings.dns_gate_listen_port:
             return
         self.lifecycle.answers.limit = settings.dns_gate_memory
+        self.lifecycle.dns_gate_state = "opening"
         gate = DnsGate(lambda: self.lifecycle.runtime, self.lifecycle.answers)
         host = (settings.dns_gate_listen_host or "127.0.0.1").strip("[]")
         try:
             await gate.start(host, settings.dns_gate_listen_port)
         except OSError as exc:
             log.error("nsp-proxy: cannot open the DNS gate on %s:%d: %s", host, settings.dns_gate_listen_port, exc)
+            self.lifecycle.dns_gate_state = f"failed: {exc.strerror or exc}"
             return
         self.gate = gate
+        self.lifecycle.dns_gate_state = "listening"
         log.info("nsp-proxy: DNS gate listening on %s:%d (UDP and TCP)", host, settings.dns_gate_listen_port)
 
     def done(self) -> None:

@@ -123,3 +123,32 @@ def test_configmap_symlink_swap_is_picked_up(nsp_proxy: Callable[..., RunningPro
     _configmap_swap(mounted, yaml.safe_dump(config), 2)
     assert wait_until(lambda: proxy.metric("nsp_config_generation") == 2, timeout=15) is not None
     assert "config generation 2 in force" in proxy.stderr()
+
+
+# -- /healthz on the metrics port ------------------------------------------------------------------------
+
+
+def _healthz(proxy: RunningProxy) -> tuple[int, dict[str, Any]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy.metrics_port}/healthz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_healthz_reports_generation_and_listeners(nsp_proxy: Callable[..., RunningProxy]) -> None:
+    port = free_port()
+    config = yaml.safe_load(PERIMETER) | {"settings": {"outbound": f"127.0.0.1:{port}"}}
+    proxy = nsp_proxy(config)
+    status, report = _healthz(proxy)
+    assert status == 200, report
+    assert report["status"] == "ready" and report["generation"] == 1
+    assert report["listeners"] == [{"listener": f"regular@127.0.0.1:{port}", "open": True}]
+    assert "nsp_config_generation 1.0" in proxy.metrics_text()  # /metrics is still served beside it
+    config["perimeters"][0]["profiles"][0]["accessRules"][0]["fullyQualifiedDomainNames"] = ["c.test"]
+    proxy.write_config(config)
+    assert wait_until(lambda: _healthz(proxy)[1]["generation"] == 2, timeout=15) is not None

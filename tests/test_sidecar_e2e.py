@@ -290,3 +290,11 @@ def test_transition_answers_and_logs_would_deny(tmp_path: Path) -> None:
         assert record["ResultAction"] == "Approved" and record["Category"] == "NspPublicOutboundResourceRulesAllowed"
         queries = env.records("denied.test", dns=True)
         assert queries and all(q["Category"] == "NspProxyDnsQueryAllowed" for q in queries)
+
+
+def test_healthz_reports_the_sidecar_listeners(enforced: Sidecar) -> None:
+    from tests.test_sidecar import _healthz
+
+    status, report = netns.inside(enforced.w, _healthz, enforced.proxy)
+    assert status == 200 and report["dnsGate"] == "listening"
+    assert report["listeners"] == [{"listener": f"transparent@127.0.0.1:{TRANSPARENT}", "open": True}]
