@@ -4,9 +4,11 @@ Run once in the workload's network namespace (a Kubernetes init container with `
 exec``), before the workload starts. The rules, in one table ``inet nsp_sidecar`` (replaced as a whole, so
 running the setup again is harmless):
 
-  nat output     TCP to the redirected ports (80, 443 and ``--port``s) -> the transparent listener on loopback;
-                 UDP and TCP to port 53 -> the DNS gate. Traffic of the proxy's own user (``meta skuid``) is
-                 left alone, so its upstream connections are not redirected back to itself.
+  nat output     UDP and TCP to port 53 -> the DNS gate, wherever it was sent (also a resolver on loopback,
+                 such as Docker's 127.0.0.11); other TCP to the redirected ports (80, 443 and ``--port``s) ->
+                 the transparent listener on loopback, unless it was sent to loopback. Traffic of the
+                 proxy's own user (``meta skuid``) is left alone, so its upstream connections are not
+                 redirected back to itself.
   filter output  accepted: the proxy's own user, loopback, what the nat chain redirected to the proxy,
                  replies of connections already accepted. Everything else is rejected: other TCP ports, UDP (QUIC
                  included), ICMP, IPv6 as IPv4, a DNS server of the workload's own on another port.
@@ -24,6 +26,9 @@ from proxy.model import Config
 
 TABLE = "nsp_sidecar"
 DEFAULT_PORTS = (80, 443)
+# Before the usual destination-NAT priority (-100), so that a container runtime's own rules in the namespace
+# (Docker's embedded DNS on 127.0.0.11, kube-proxy) never NAT a workload's connection first.
+NAT_PRIORITY = -110
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,11 @@ def ruleset(plan: SidecarPlan) -> str:
         f"delete table inet {TABLE}\n"
         f"table inet {TABLE} {{\n"
         "    chain nat_output {\n"
-        "        type nat hook output priority -100; policy accept;\n"
+        f"        type nat hook output priority {NAT_PRIORITY}; policy accept;\n"
         f"        meta skuid {plan.proxy_uid} return\n"
+        f"{dns}"
         "        oifname \"lo\" return\n"
         f"        tcp dport {{ {ports} }} redirect to :{plan.transparent_port}\n"
-        f"{dns}"
         "    }\n"
         "    chain filter_output {\n"
         "        type filter hook output priority 0; policy drop;\n"
