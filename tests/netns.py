@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 CLONE_NEWNET = 0x40000000
+WORKLOAD_PYTHON = "/usr/bin/python3"  # the system Python: readable by nobody (stdlib only)
 T = TypeVar("T")
 
 
@@ -25,9 +26,11 @@ def available() -> str | None:
     """Why namespace tests cannot run here (None: they can)."""
     if os.geteuid() != 0:
         return "needs root (ip netns, veth pairs, nftables)"
-    for tool in ("ip", "nft", "setpriv", "curl"):
+    for tool in ("ip", "nft", "setpriv", "curl", "dnsmasq"):
         if shutil.which(tool) is None:
-            return f"needs {tool} (apt-get install iproute2 nftables util-linux curl)"
+            return f"needs {tool} (apt-get install iproute2 nftables util-linux curl dnsmasq-base)"
+    if not Path(WORKLOAD_PYTHON).exists():  # the workload runs as nobody, who cannot read a Python under /root
+        return f"needs {WORKLOAD_PYTHON} (apt-get install python3)"
     return None
 
 

@@ -65,7 +65,7 @@ class Sidecar:
                         "--cacert", str(self.ca_file), *extra, url)
 
     def client_says(self, *args: str) -> str:
-        return self.run("/usr/bin/python3", str(self.client), *args)
+        return self.run(netns.WORKLOAD_PYTHON, str(self.client), *args)
 
     def records(self, host: str, dns: bool = False) -> list[dict[str, Any]]:
         """The records about ``host``: its DNS queries, or the rest (connections and requests)."""
