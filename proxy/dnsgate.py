@@ -13,8 +13,8 @@ Each query is decided like an outbound request to the queried name (protocol ``D
   Transition   such a name is resolved and answered, and recorded as would-deny
 
 Servers: UDP and TCP on the same address (asyncio, messages parsed by dnspython). Bounded: UDP queries over
-512 bytes and TCP messages over ``MAX_TCP_MESSAGE`` are dropped, one query per message, a TCP connection is
-closed after ``TCP_IDLE_SECONDS`` without a query.
+512 bytes and TCP messages over ``MAX_TCP_MESSAGE`` are dropped, at most ``MAX_PENDING_UDP`` UDP queries are
+answered at once, one question per message, a TCP connection is closed after ``TCP_IDLE_SECONDS`` idle.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdataclass
@@ -48,6 +49,7 @@ log = logging.getLogger("nsp-proxy")
 
 ANSWER_TTL = 30  # seconds: the TTL the gate gives its answers (short, so rules and pins stay current)
 MAX_UDP_QUERY = 512
+MAX_PENDING_UDP = 256  # UDP queries being answered at once; more are dropped (the client retries)
 MAX_TCP_MESSAGE = 4096
 TCP_IDLE_SECONDS = 10.0
 
@@ -76,13 +78,13 @@ class DnsGate:
             query = dns.message.from_wire(wire)
         except (dns.exception.DNSException, ValueError):
             return None
-        if query.flags & 0x8000 or len(query.question) != 1:  # a response, or not exactly one question
-            response = dns.message.make_response(query) if not query.flags & 0x8000 else None
-            if response is not None:
-                response.set_rcode(dns.rcode.FORMERR)
-            return response.to_wire() if response is not None else None
+        if query.flags & dns.flags.QR:
+            return None  # a response: never answered (no reflection loops)
         response = dns.message.make_response(query)
-        response.flags |= 0x0080  # RA: the workload's resolver gets answers, not referrals
+        if len(query.question) != 1:
+            response.set_rcode(dns.rcode.FORMERR)
+            return response.to_wire()
+        response.flags |= dns.flags.RA  # the workload's resolver gets answers, not referrals
         runtime = self.runtime()
         if runtime is None:
             response.set_rcode(dns.rcode.REFUSED)
@@ -155,13 +157,16 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, gate: DnsGate) -> None:
         self.gate = gate
         self.transport: asyncio.DatagramTransport | None = None
+        self.pending: set[asyncio.Task] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if len(data) <= MAX_UDP_QUERY:
-            asyncio.get_running_loop().create_task(self._reply(data, addr))
+        if len(data) <= MAX_UDP_QUERY and len(self.pending) < MAX_PENDING_UDP:
+            task = asyncio.get_running_loop().create_task(self._reply(data, addr))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
 
     async def _reply(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -170,13 +175,13 @@ class _Udp(asyncio.DatagramProtocol):
             log.exception("nsp-proxy: DNS gate failed on a UDP query")
             return
         if reply is not None and self.transport is not None:
-            self.transport.sendto(reply[:MAX_UDP_QUERY] if len(reply) <= MAX_UDP_QUERY else _truncated(data), addr)
+            self.transport.sendto(reply if len(reply) <= MAX_UDP_QUERY else _truncated(data), addr)
 
 
 def _truncated(query: bytes) -> bytes:
     """A TC response: the answer does not fit in UDP; the client retries over TCP."""
     response = dns.message.make_response(dns.message.from_wire(query))
-    response.flags |= 0x0200
+    response.flags |= dns.flags.TC
     return response.to_wire()
 
 

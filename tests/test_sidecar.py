@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.config import parse_config_text
 from proxy.dnsmemory import AnswerMemory
@@ -152,3 +154,36 @@ def test_healthz_reports_generation_and_listeners(nsp_proxy: Callable[..., Runni
     config["perimeters"][0]["profiles"][0]["accessRules"][0]["fullyQualifiedDomainNames"] = ["c.test"]
     proxy.write_config(config)
     assert wait_until(lambda: _healthz(proxy)[1]["generation"] == 2, timeout=15) is not None
+
+
+# -- the DNS gate's wire handling ---------------------------------------------------------------------------
+
+
+def _gate_answer(wire: bytes) -> bytes | None:
+    import asyncio
+
+    from proxy.dnsgate import DnsGate
+
+    return asyncio.run(DnsGate(lambda: None, AnswerMemory()).answer(wire, ("10.0.0.1", 5353)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_dns_gate_survives_any_bytes(wire: bytes) -> None:
+    _gate_answer(wire)  # no exception: garbage is dropped, a readable query is answered
+
+
+@pytest.mark.parametrize("build, rcode", [
+    pytest.param(lambda m: m, "REFUSED", id="no-runtime-yet"),
+    pytest.param(lambda m: (m.question.append(m.question[0]), m)[1], "FORMERR", id="two-questions"),
+    pytest.param(lambda m: __import__("dns.message").message.make_response(m), None, id="a-response-is-dropped"),
+])
+def test_dns_gate_wire_cases(build: Callable[[Any], Any], rcode: str | None) -> None:
+    import dns.message
+    import dns.rcode
+
+    reply = _gate_answer(build(dns.message.make_query("a.test", "A")).to_wire())
+    if rcode is None:
+        assert reply is None
+    else:
+        assert reply is not None and dns.rcode.to_text(dns.message.from_wire(reply).rcode()) == rcode
