@@ -2,8 +2,9 @@
 
 A workload that resolved ``allowed.test`` through the gate and then connects to the address it got, without a
 TLS server name or an HTTP Host (a raw TCP protocol), is decided as ``allowed.test`` rather than as an IP
-literal. Only answers for names an outbound rule allowed are remembered (the gate never resolves others in
-Enforced), bounded: the oldest entries go first beyond ``limit``, and each expires with its answer's TTL.
+literal. Only names the gate resolved are remembered: in Enforced those an outbound rule allows (others are
+never looked up); in Transition also would-deny names, whose connections are then decided (and logged) as that
+name. Bounded: the oldest entries go first beyond ``limit``, and each expires after ``ttl``.
 """
 
 from __future__ import annotations
