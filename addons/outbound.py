@@ -110,7 +110,7 @@ class OutboundGate:
         decision = runtime.decide_outbound(facts)
         if not decision.allowed or (decision.would_deny and (mismatch or not opened.would_deny)):
             operation = request_operation(request.method, "https" if tls else "http", tunnel.destination_host,
-                                   tunnel.destination_port, request.path)  # the tunnel's, not the Host's
+                                          tunnel.destination_port, request.path)  # the tunnel's, not the Host's
             record_request(runtime, flow, decision, facts, operation=operation)
         if not decision.allowed:
             self._deny(flow, facts, decision)
