@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 from mitmproxy import connection, ctx
 from mitmproxy.addonmanager import Loader
@@ -22,6 +23,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from addons import compat
 from proxy.config import load_config
 from proxy.demo_backend import DemoBackend
+from proxy.dnsmemory import AnswerMemory
 from proxy.errors import ConfigError
 from proxy.listeners import mitmproxy_modes
 from proxy.model import Direction
@@ -40,6 +42,9 @@ class NspLifecycle:
         self.rewrites_host_header = False  # True when this addon turned on keep_host_header for the gate
         self.manages_listeners = False  # True when every mitmproxy listener is one this addon opened
         self._late_listeners: asyncio.Task | None = None  # see compat.open_listeners_before_running
+        self.answers = AnswerMemory()  # the DNS gate's answers, for transparent connections (addons.transparent)
+        self.dns_gate_state: str | None = None  # "listening" or why not (addons.dnsgate); None: none configured
+        self._servers: Any = None  # mitmproxy's proxyserver addon: its listeners' state for /healthz
 
     def load(self, loader: Loader) -> None:
         _ignore_sighup()  # `mitmdump -s`: SIGHUP must not kill the proxy before running() handles it
@@ -75,8 +80,9 @@ class NspLifecycle:
         if self.manages_listeners:
             self._late_listeners = compat.open_listeners_before_running()
         endpoint = self.runtime.metrics_endpoint()
+        self._servers = ctx.master.addons.get("proxyserver")
         if endpoint:
-            self.runtime.metrics.serve(*endpoint)
+            self.runtime.metrics.serve(*endpoint, health=self.health)
         for line in startup_lines(self.runtime.policy, self.runtime.writer.target, endpoint):
             log.info("nsp-proxy: %s", line)
 
@@ -101,6 +107,24 @@ class NspLifecycle:
             log.info("nsp-proxy stopped; %d access-log records written", self.runtime.records_written)
         if self.demo:
             self.demo.stop()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``/healthz`` (called on the metrics server's thread; reads state, changes nothing): ready when a
+        configuration is in force and every listener is open (and the DNS gate, when one is configured).
+        mitmproxy internals read: ``Proxyserver.servers`` and each instance's ``mode.full_spec``,
+        ``is_running`` and ``last_exception`` (the same in mitmproxy 11 and 12)."""
+        runtime = self.runtime
+        listeners = [{"listener": server.mode.full_spec, "open": bool(server.is_running),
+                      **({"error": str(server.last_exception)} if server.last_exception else {})}
+                     for server in list(getattr(self._servers, "servers", None) or ())]
+        ready = runtime is not None and bool(listeners) and all(entry["open"] for entry in listeners)
+        report: dict[str, Any] = {"generation": runtime.policy.generation if runtime else None,
+                                  "listeners": listeners}
+        if self.dns_gate_state is not None:
+            report["dnsGate"] = self.dns_gate_state
+            ready = ready and self.dns_gate_state == "listening"
+        report["status"] = "ready" if ready else "not ready"
+        return ready, report
 
     def gate_for(self, client: connection.Client) -> Direction | None:
         """Which gate owns the listener ``client`` came in on (None: not nsp-proxy's listener).

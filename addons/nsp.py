@@ -15,6 +15,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
+from addons.dnsgate import DnsGateAddon  # noqa: E402
 from addons.inbound import InboundGate  # noqa: E402
 from addons.lifecycle import NspLifecycle  # noqa: E402
 from addons.limits import Limits  # noqa: E402
@@ -28,7 +29,7 @@ def make_addons() -> list[object]:
     # Order matters: the wire guard refuses malformed requests before a gate decides, and puts the rest into
     # the one form that is forwarded; WireFinish acts on what the gates decided.
     return [lifecycle, Limits(lifecycle), WireGuard(lifecycle), InboundGate(lifecycle), OutboundGate(lifecycle),
-            WireFinish(lifecycle), Outcome()]
+            WireFinish(lifecycle), Outcome(), DnsGateAddon(lifecycle)]
 
 
 addons = make_addons()

@@ -11,6 +11,8 @@ Hooks, each the earliest that knows its fact:
                    host; the tunnel is then passed through untouched, or with settings.interceptTls decrypted by
                    mitmproxy, so that requestheaders checks the hosts inside TLS too (domain fronting)
   server_connect   every upstream connection: dialled only to an address pinned by a decision, else killed
+On the sidecar's transparent listener (``addons.transparent``) the first bytes decide a TLS or raw TCP
+connection, and requestheaders decides plain HTTP by its Host header, against the same rules and guards.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import logging
 from dataclasses import replace
 
 from mitmproxy import connection, http
-from mitmproxy.net.tls import starts_like_tls_record
-from mitmproxy.proxy import commands, events, layer, layers
-from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
+from addons import transparent
 from addons.failsafe import fail_closed_flow
+from addons.gatebits import Refuse, hostport, mitmproxy_decrypts, request_operation
 from addons.lifecycle import NspLifecycle
 from addons.outcome import record_request
 from addons.requesthosts import named_hosts
@@ -43,16 +45,6 @@ log = logging.getLogger("nsp-proxy")
 MAX_PINS_PER_CLIENT = 256  # destinations remembered per client connection (oldest dropped first)
 
 
-class _Refuse(layer.Layer):
-    """Closes the tunnel at once: what a refused SNI gets in Enforced mode."""
-
-    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if isinstance(event, events.Start | events.DataReceived):
-            yield commands.CloseConnection(self.context.client)
-            if self.context.server.connected:
-                yield commands.CloseConnection(self.context.server)
-
-
 class OutboundGate:
     def __init__(self, lifecycle: NspLifecycle):
         self.lifecycle = lifecycle
@@ -69,7 +61,7 @@ class OutboundGate:
             return
         # A tunnel: what will flow in it is not seen yet (records inside it say HTTPS or HTTP once it is).
         facts = self._facts(runtime, flow.client_conn, flow.request.host, flow.request.port, "TCP")
-        operation = f"CONNECT {_hostport(flow.request.host, flow.request.port)}"
+        operation = f"CONNECT {hostport(flow.request.host, flow.request.port)}"
         decision = await self._decide(runtime, flow.client_conn, facts, operation, flow)
         if not decision.allowed:
             self._deny(flow, facts, decision)
@@ -88,10 +80,11 @@ class OutboundGate:
             self._in_tunnel(runtime, flow, *tunnel)
             return
         request = flow.request
-        facts = self._facts(runtime, flow.client_conn, request.host, request.port,
+        host = transparent.destination(self.lifecycle, flow.client_conn, request.host_header) or request.host
+        facts = self._facts(runtime, flow.client_conn, host, request.port,
                             "HTTPS" if request.scheme == "https" else "HTTP", host_header=request.host_header)
         facts = replace(facts, named_hosts=named_hosts(request, in_tunnel=False))
-        operation = _operation(request.method, request.scheme, request.host, request.port, request.path)
+        operation = request_operation(request.method, request.scheme, host, request.port, request.path)
         decision = await self._decide(runtime, flow.client_conn, facts, operation, flow)
         address = self._pinned(flow.client_conn, facts)
         if not decision.allowed:
@@ -116,8 +109,8 @@ class OutboundGate:
             same_host(value, tunnel.destination_host) for value in (request.host_header, *(v for _, v in hosts)))
         decision = runtime.decide_outbound(facts)
         if not decision.allowed or (decision.would_deny and (mismatch or not opened.would_deny)):
-            operation = _operation(request.method, "https" if tls else "http", tunnel.destination_host,
-                                   tunnel.destination_port, request.path)  # the tunnel's, not the Host's
+            operation = request_operation(request.method, "https" if tls else "http", tunnel.destination_host,
+                                          tunnel.destination_port, request.path)  # the tunnel's, not the Host's
             record_request(runtime, flow, decision, facts, operation=operation)
         if not decision.allowed:
             self._deny(flow, facts, decision)
@@ -126,12 +119,15 @@ class OutboundGate:
         if address is not None:
             _send_to(request, address)
 
-    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+    async def next_layer(self, nextlayer: layer.NextLayer) -> None:
         try:
-            self._check_tunnel(nextlayer)
+            if transparent.is_transparent(nextlayer.context.client):
+                await transparent.first_bytes(self, nextlayer)
+            else:
+                self._check_tunnel(nextlayer)
         except Exception:
             log.exception("nsp-proxy: checking a tunnel's ClientHello failed; closing it")
-            nextlayer.layer = _Refuse(nextlayer.context)
+            nextlayer.layer = Refuse(nextlayer.context)
 
     def _check_tunnel(self, nextlayer: layer.NextLayer) -> None:
         """The first bytes of an allowed tunnel. A TLS ClientHello's server name (read from the raw bytes,
@@ -157,20 +153,20 @@ class OutboundGate:
             sni = hello.shown if hello.present and not is_ip_literal(tunnel.destination_host) else None
         intercept = runtime.policy.config.settings.intercept_tls
         if (sni is None or same_host(sni, tunnel.destination_host, with_port=False)) and intercept \
-                and not _mitmproxy_decrypts(data):
+                and not mitmproxy_decrypts(data):
             # mitmproxy would pass it through unread (servers accept record versions it does not): the hosts
             # inside could not be checked, which is what interceptTls was asked for.
             sni = "<a ClientHello interceptTls cannot decrypt>"
         if sni is not None and not same_host(sni, tunnel.destination_host, with_port=False):
             facts = replace(tunnel, sni=sni, protocol="HTTPS")  # a TLS ClientHello was seen
             decision = runtime.decide_outbound(facts)
-            operation = f"TLS {_hostport(tunnel.destination_host, tunnel.destination_port)}"
+            operation = f"TLS {hostport(tunnel.destination_host, tunnel.destination_port)}"
             runtime.record(decision, facts, operation=operation,
                            destination_parameters={"sni": sni})
             if not decision.allowed:
-                nextlayer.layer = _Refuse(nextlayer.context)
+                nextlayer.layer = Refuse(nextlayer.context)
                 return
-        if not intercept or not _mitmproxy_decrypts(data):
+        if not intercept or not mitmproxy_decrypts(data):
             nextlayer.layer = layers.TCPLayer(nextlayer.context, ignore=True)  # passed through unread
         # else: mitmproxy's own choice stands, its TLS layers decrypt, and requestheaders sees the hosts
 
@@ -224,9 +220,10 @@ class OutboundGate:
                              host_header=host_header)
 
     async def _decide(self, runtime: Runtime, client: connection.Client, facts: OutboundFacts,
-                      operation: str, flow: http.HTTPFlow) -> Decision:
-        """Decide; if allowed, resolve and pin the address; write the one record. Denied names are never
-        looked up, so a DNS query cannot carry data out either."""
+                      operation: str, flow: http.HTTPFlow | None) -> Decision:
+        """Decide; if allowed, resolve and pin the address; write the one record (``flow`` None: a transparent
+        connection's TLS or raw bytes, recorded at once). Denied names are never looked up, so a DNS query
+        cannot carry data out either."""
         decision = runtime.decide_outbound(facts)
         details: dict[str, str] = {}
         if decision.allowed:
@@ -255,7 +252,11 @@ class OutboundGate:
                     details["resolvedAddresses"] = ",".join(addresses)
             if guard or not usable:  # never fall back on an address an earlier decision pinned for this name
                 self.pins.get(client.id, {}).pop((host.lower(), facts.destination_port), None)
-        record_request(runtime, flow, decision, facts, operation=operation, destination_parameters=details)
+        if flow is not None:
+            record_request(runtime, flow, decision, facts, operation=operation, destination_parameters=details)
+        elif not runtime.record(decision, facts, operation=operation, destination_parameters=details) \
+                and runtime.recorder.fails_closed(decision):
+            return replace(decision, allowed=False)  # no record, no connection (as record_request's 503)
         return decision
 
     def _pin(self, client: connection.Client, host: str, port: int, address: str) -> None:
@@ -288,14 +289,6 @@ class OutboundGate:
         flow.response = http.Response.make(denial.status, denial.body, dict(denial.headers))
 
 
-def _mitmproxy_decrypts(data: bytes) -> bool:
-    """Whether mitmproxy's own TLS layers would take this ClientHello (else it would forward it unread)."""
-    try:
-        return starts_like_tls_record(data) and parse_client_hello(data) is not None
-    except ValueError:
-        return False
-
-
 def _send_to(request: http.Request, address: str) -> None:
     """Send ``request`` to the pinned ``address``, leaving the Host header and ``:authority`` as the client
     sent them. mitmproxy picks (and reuses) upstream connections by the request's host and port, so a pooled
@@ -304,14 +297,3 @@ def _send_to(request: http.Request, address: str) -> None:
     request.host = address
     request.authority = authority
     request.headers.set_all("host", hosts)
-
-
-def _operation(method: str, scheme: str, host: str, port: int, path: str) -> str:
-    """``GET http://host:port/path``: the method and the URL without its query, as inbound records keep the
-    path without the query (a query can carry anything, a record should not)."""
-    return f"{method} {scheme}://{_hostport(host, port)}{path.split('?', 1)[0]}"
-
-
-def _hostport(host: str, port: int) -> str:
-    """``host:port``, an IPv6 literal bracketed."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"

@@ -17,6 +17,7 @@ import argparse  # after the SIGHUP disposition, on purpose
 import asyncio
 import ipaddress
 import json
+import subprocess
 import sys
 import traceback
 from collections.abc import Callable
@@ -145,11 +146,40 @@ def _parser() -> argparse.ArgumentParser:
     example.set_defaults(handler=lambda _args: print(demo_config_path().read_text(), end="") or EXIT_OK)
 
     tools.add_parsers(sub)  # suggest, replay, report (proxy/tools)
+    setup = sub.add_parser(
+        "sidecar-setup", help="print (or apply) the nftables rules of a sidecar's network namespace",
+        description="Print the nftables rules that redirect a namespace's TCP 80/443 (and --port) to "
+                    "settings.transparent and DNS to settings.dnsGate, and drop all other egress except the "
+                    "proxy's own user's. --apply loads them with `nft -f -` (needs CAP_NET_ADMIN).")
+    setup.add_argument("--config", "-c", required=True, help="the proxy's configuration file")
+    setup.add_argument("--proxy-uid", type=int, required=True, help="uid the proxy runs as (exempt)")
+    setup.add_argument("--port", type=int, action="append", default=[], help="also redirect this TCP port")
+    setup.add_argument("--netns", help="apply inside this named network namespace (ip netns exec)")
+    setup.add_argument("--apply", action="store_true", help="load the rules with nft instead of printing them")
+    setup.set_defaults(handler=_cmd_sidecar_setup)
 
     schema = sub.add_parser("schema", help="print the configuration's JSON Schema")
     schema.set_defaults(handler=lambda _args: print(
         resources.files("proxy").joinpath("data/nsp-proxy.schema.json").read_text(), end="") or EXIT_OK)
     return parser
+
+
+def _cmd_sidecar_setup(args: argparse.Namespace) -> int:
+    from proxy import sidecar
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    try:
+        script = sidecar.ruleset(sidecar.plan_from_config(config, args.proxy_uid, tuple(args.port)))
+        if not args.apply:
+            print(script, end="")
+            return EXIT_OK
+        sidecar.apply(script, args.netns)
+    except (ValueError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"nsp-proxy: sidecar-setup: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
 
 
 def _version() -> str:

@@ -242,6 +242,8 @@ class _Validator:
         metrics = self._optional_endpoint("settings.metrics", raw, "metrics", base.metrics_listen_host,
                                           base.metrics_listen_port)
         outbound = self._optional_endpoint("settings.outbound", raw, "outbound", None, None)
+        transparent = self._optional_endpoint("settings.transparent", raw, "transparent", None, None)
+        dns_gate = self._optional_endpoint("settings.dnsGate", raw, "dnsGate", None, None)
         nameservers = tuple(
             ns for i, item in enumerate(dns.get("nameservers") or [])
             if (ns := self.attempt(f"settings.dns.nameservers[{i}]", _nameserver, item)) is not None
@@ -270,6 +272,11 @@ class _Validator:
             max_target_bytes=int(limits.get("targetBytes", base.max_target_bytes)),
             access_log_format=str(raw.get("accessLogFormat", base.access_log_format)),
             access_log_aggregation=float((raw.get("accessLogAggregation") or {}).get("windowSeconds", 0)),
+            transparent_listen_host=transparent[0],
+            transparent_listen_port=transparent[1],
+            dns_gate_listen_host=dns_gate[0],
+            dns_gate_listen_port=dns_gate[1],
+            dns_gate_memory=int(raw.get("dnsGateMemory", base.dns_gate_memory)),
         )
 
     def _optional_endpoint(
@@ -435,6 +442,10 @@ class _Validator:
             listeners[settings.metrics_listen_port] = "settings.metrics"
         if settings.outbound_listen_port:
             self._claim(listeners, settings.outbound_listen_port, "settings.outbound")
+        if settings.transparent_listen_port:
+            self._claim(listeners, settings.transparent_listen_port, "settings.transparent")
+        if settings.dns_gate_listen_port:
+            self._claim(listeners, settings.dns_gate_listen_port, "settings.dnsGate")
         resources: dict[str, str] = {}
         for pi, perimeter in enumerate(perimeters):
             for ai, assoc in enumerate(perimeter.associations):

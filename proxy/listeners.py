@@ -1,7 +1,8 @@
 """The listeners a configuration asks for, written as mitmproxy mode specs.
 
 One reverse-proxy listener per association with ``local.listen`` (its upstream behind it), one forward-proxy
-listener for ``settings.outbound`` and one for each distinct ``local.outboundListen``. This module only
+listener for ``settings.outbound``, one for each distinct ``local.outboundListen`` and a transparent one
+for ``settings.transparent``. This module only
 writes strings, so the CLI can show them and tests can check them without starting mitmproxy.
 """
 
@@ -22,6 +23,9 @@ def mitmproxy_modes(config: Config, demo_url: str | None = None) -> list[str]:
     for host, port in sorted(forward, key=lambda hp: (hp[1] or 0, hp[0] or "")):
         if port:
             modes.append(f"regular@{_host(host)}:{port}")
+    settings = config.settings
+    if settings.transparent_listen_port:  # traffic an nftables rule redirected here (README "Run as a sidecar")
+        modes.append(f"transparent@{_host(settings.transparent_listen_host)}:{settings.transparent_listen_port}")
     return modes
 
 

@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy import telemetry as t
 from proxy.decision import Decision
@@ -92,10 +92,13 @@ class Metrics:
             would_deny = self.would_deny.labels(direction, mode, profile, resource)
         return decided, would_deny
 
-    def serve(self, host: str, port: int) -> None:
+    def serve(self, host: str, port: int, health: Any = None) -> None:
+        """Serve /metrics (and /healthz from ``health``, see ``proxy.health``) on ``host:port``."""
+        from proxy.health import start_server
+
         with self._lock:
             if self._server is None:
-                self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+                self._server = start_server(host, port, self.registry, health)
 
     def stop(self) -> None:
         with self._lock:

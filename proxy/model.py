@@ -142,6 +142,13 @@ class Settings:
     max_target_bytes: int = 8192  # the request target (path and query, or absolute form)
     access_log_format: str = "nspAccessLogs"  # or "diagnostic" (proxy.telemetry.LOG_FORMATS)
     access_log_aggregation: float = 0.0  # seconds of an aggregation window; 0: every decision its own line
+    # Sidecar (README "Run as a sidecar"): a transparent listener for traffic an nftables rule redirected to it,
+    # callers told apart by outboundSourcePrefixes like settings.outbound; and the DNS gate (UDP and TCP).
+    transparent_listen_host: str | None = None
+    transparent_listen_port: int | None = None
+    dns_gate_listen_host: str | None = None
+    dns_gate_listen_port: int | None = None
+    dns_gate_memory: int = 4096  # (address -> name) answers the DNS gate remembers for transparent connections
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,8 @@ def _listeners(config: Config) -> tuple[tuple[str, int, str], ...]:
     s = config.settings
     if s.outbound_listen_port:
         found.append((s.outbound_listen_host or "127.0.0.1", s.outbound_listen_port, "forward"))
+    if s.transparent_listen_port:
+        found.append((s.transparent_listen_host or "127.0.0.1", s.transparent_listen_port, "forward"))
     return tuple(found)
 
 
@@ -126,6 +128,8 @@ def _outbound_listeners(config: Config) -> dict[int, OutboundListener]:
     assocs = config.associations()
     if config.settings.outbound_listen_port:
         ports[config.settings.outbound_listen_port] = [a for a in assocs if a.local.outbound_source_prefixes]
+    if config.settings.transparent_listen_port:  # the sidecar's listener is shared the same way
+        ports[config.settings.transparent_listen_port] = [a for a in assocs if a.local.outbound_source_prefixes]
     for assoc in assocs:
         if assoc.local.outbound_listen_port:
             ports.setdefault(assoc.local.outbound_listen_port, []).append(assoc)

@@ -27,6 +27,9 @@ class Category(StrEnum):
     # nsp-proxy's own: a request refused for its wire form (framing, limits, obs-fold, h2c...) before any rule
     # was consulted; always ResultAction Denied, RuleType None. Not an Azure category.
     PROXY_REQUEST_REFUSED = "NspProxyRequestRefused"
+    # nsp-proxy extensions (not Azure categories): one record per query the sidecar's DNS gate answers.
+    DNS_QUERY_ALLOWED = "NspProxyDnsQueryAllowed"  # resolved upstream and answered (Transition: also would-deny)
+    DNS_QUERY_DENIED = "NspProxyDnsQueryDenied"  # answered NXDOMAIN without any upstream query
 
 
 class Field(StrEnum):
@@ -146,3 +149,7 @@ LOG_PROTOCOLS = {"HTTP": "HTTP:TCP", "HTTPS": "HTTPS:TCP", "TCP": "TCP:TCP"}
 LOG_FORMAT_TABLE = "nspAccessLogs"
 LOG_FORMAT_DIAGNOSTIC = "diagnostic"
 LOG_FORMATS = (LOG_FORMAT_TABLE, LOG_FORMAT_DIAGNOSTIC)
+# The DNS gate's record: DestinationParameters keys (query type, the answer code and the addresses answered).
+PARAM_DNS_QTYPE = "dnsQueryType"
+PARAM_DNS_RCODE = "dnsResponseCode"
+PARAM_DNS_ANSWERS = "dnsAnswers"

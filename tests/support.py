@@ -315,9 +315,9 @@ class Dnsmasq:
         self.stderr.close()
 
 
-def start_dnsmasq(records: Records, workdir: Path, ttl: int = 0) -> Dnsmasq:
+def start_dnsmasq(records: Records, workdir: Path, ttl: int = 0, also_listen: tuple[str, ...] = ()) -> Dnsmasq:
     """Start dnsmasq answering ``records`` (name -> address or addresses, IPv4 or IPv6) with TTL ``ttl``
-    (dnsmasq's default for its own records is 0: never cached)."""
+    (dnsmasq's default for its own records is 0: never cached), on 127.0.0.1 and ``also_listen``."""
     binary = require("dnsmasq", "apt-get install dnsmasq-base")
     workdir.mkdir(parents=True, exist_ok=True)
     hosts, log = workdir / "dns.hosts", workdir / "dnsmasq.log"
@@ -326,7 +326,8 @@ def start_dnsmasq(records: Records, workdir: Path, ttl: int = 0) -> Dnsmasq:
         port = _free_dns_port()
         stderr = (workdir / "dnsmasq.stderr").open("w")
         process = subprocess.Popen(
-            [binary, "--keep-in-foreground", "--no-daemon", "--port", str(port), "--listen-address", "127.0.0.1",
+            [binary, "--keep-in-foreground", "--no-daemon", "--port", str(port),
+             "--listen-address", ",".join(("127.0.0.1", *also_listen)),
              "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--user=root",
              f"--pid-file={workdir / 'dnsmasq.pid'}", f"--log-facility={log}", "--log-queries", "--local=/#/",
              f"--local-ttl={ttl}"],

@@ -35,3 +35,19 @@ def test_fixed_texts_name_no_internals() -> None:
         page = errorpages.make_error_response(status, "[Errno 111] Connect call failed ('10.1.2.3', 443)")
         assert b"10.1.2.3" not in page and b"Errno" not in page and b"mitmproxy" not in page.lower()
     assert errorpages.make_error_response(502, "upstream connect timeout").startswith(b"HTTP/1.1 504")
+
+
+def test_transparent_mode_internals_the_sidecar_uses() -> None:
+    """addons.transparent and addons.lifecycle.health (the same in mitmproxy 11 and 12): the original
+    destination lands in client.sockname and server.address; the transparent top layer's NextLayer is its
+    child_layer; a listener instance reports mode, is_running and last_exception."""
+    from mitmproxy.proxy import layer, mode_servers
+    from mitmproxy.proxy.layers import modes
+
+    source = inspect.getsource(mode_servers.ServerInstance.handle_stream)
+    assert "platform.original_addr(s)" in source
+    assert "context.client.sockname = original_dst" in source and "context.server.address = original_dst" in source
+    assert "self.child_layer = layer.NextLayer(self.context)" in inspect.getsource(modes.TransparentProxy)
+    assert "self.context.layers.remove(self)" in inspect.getsource(layer.NextLayer.__init__)  # not in layers
+    assert {"is_running", "last_exception"} <= set(dir(mode_servers.ServerInstance))
+    assert "self.mode: M = mode" in inspect.getsource(mode_servers.ServerInstance.__init__)
