@@ -199,7 +199,7 @@ def test_allowed_https_by_sni_passes_through(enforced: Sidecar) -> None:
     assert any(path == "/tls" for _, path, _ in enforced.https.hits)
     wait_until(lambda: any(r["OperationName"].startswith("TLS ") for r in enforced.records("allowed.test")), 10)
     [record] = [r for r in enforced.records("allowed.test") if r["OperationName"].startswith("TLS ")]
-    assert record["ResultAction"] == "Approved" and record["DestinationPort"] == enforced.https.port
+    assert record["ResultAction"] == "Approved" and record["DestinationPort"] == str(enforced.https.port)
 
 
 # -- everything else: denied with one record each, or never leaving the namespace ---------------------------
@@ -259,7 +259,7 @@ def test_dns_gate_nxdomain_without_upstream_query(enforced: Sidecar, server: str
     wait_until(lambda: len(enforced.records("denied.test", dns=True)) >= 1, timeout=10)
     records = enforced.records("denied.test", dns=True)
     assert len(records) == 1 and records[0]["Category"] == "NspProxyDnsQueryDenied"
-    assert records[0]["ResultAction"] == "Denied" and records[0]["DestinationPort"] == 53
+    assert records[0]["ResultAction"] == "Denied" and records[0]["DestinationPort"] == "53"
     assert enforced.dnsmasq.queries("denied.test") == 0
     _forget(enforced, "denied.test")
 
