@@ -36,7 +36,7 @@ def looks_like_arm(document: Any) -> bool:
     if isinstance(document, list):  # the REST API's list without its {"value": ...} wrapper
         return bool(document) and all(isinstance(item, dict) and "type" in item for item in document)
     return isinstance(document, dict) and (
-        "resources" in document or "value" in document or str(document.get("type", "")).lower() == NSP_TYPE
+        "resources" in document or "value" in document or is_nsp(document)
     )
 
 
@@ -67,6 +67,16 @@ def convert_document(document: Any, source: str, bindings: dict[str, Any], deplo
                      ) -> tuple[dict[str, Any], dict[str, Origin], list[str]]:
     """Convert an ARM document already read from ``source`` (see ``convert_file``)."""
     return _Converter(source, deployment or Deployment()).convert(document, bindings)
+
+
+def _parent_of(child: dict[str, Any]) -> dict[str, Any]:
+    """A stand-in for the perimeter a child's ``id`` names (``.../networkSecurityPerimeters/<name>/...``)."""
+    rid = str(child.get("id", ""))
+    at = rid.lower().find("/providers/microsoft.network/networksecurityperimeters/")
+    if at < 0:
+        return {}
+    name_end = rid.find("/", at + len("/providers/microsoft.network/networksecurityperimeters/"))
+    return {"id": rid if name_end < 0 else rid[:name_end]}
 
 
 class _Converter:
@@ -101,18 +111,25 @@ class _Converter:
                 perimeters[names[0].lower()] = self._perimeter(names[0], resource, where)
             elif rtype.startswith(NSP_TYPE + "/"):
                 children.append((rtype[len(NSP_TYPE) + 1 :], names, resource, where))
+        defined = bool(perimeters)
         for kind, names, resource, where in children:
             perimeter = perimeters.get(names[0].lower())
-            if perimeter is None:
+            if perimeter is None and defined:  # most likely a misspelt perimeter name
                 self.problems.append(Problem(where, f"belongs to perimeter {names[0]!r}, which is not in the file"))
                 continue
+            if perimeter is None:  # no perimeter in the file: a REST list of children, a module for an existing one
+                perimeter = perimeters[names[0].lower()] = self._perimeter(names[0], _parent_of(resource), where)
+                perimeter["implicit"] = True
+                origins[f"perimeters[{len(perimeters) - 1}]"] = Origin(self.source, where)
+                self.notices.append(f"{where}: perimeter {names[0]!r} is not in the file; it is taken as it is "
+                                    "named here (its children only)")
             native = self._attach(perimeter, kind, names, resource, where)
             if native:
                 origins[f"perimeters[{list(perimeters).index(names[0].lower())}].{native}"] = Origin(
                     self.source, where, properties=kind != "profiles")
         if not perimeters and not self.problems:
             self.problems.append(Problem("", f"no {NSP_TYPE} resource found"))
-        document_out = {"perimeters": list(perimeters.values())}
+        document_out = {"perimeters": [{k: v for k, v in p.items() if k != "implicit"} for p in perimeters.values()]}
         self._bind(document_out["perimeters"], bindings, origins)
         if self.problems:
             raise ConfigError(self.source, self.problems)
@@ -176,6 +193,8 @@ class _Converter:
             rules = perimeter["profiles"][index]["accessRules"]
             rules.append({**props, "name": names[2]})
             return f"profiles[{index}].accessRules[{len(rules) - 1}]"
+        if kind == "resourceassociations" and perimeter.get("implicit"):
+            self._implicit_profile(perimeter, props.get("profile"), where)
         if kind in LISTED_CHILDREN:
             key = LISTED_CHILDREN[kind]
             perimeter[key].append({**props, "name": names[1]})
@@ -212,6 +231,14 @@ class _Converter:
                                                                               f"{type(value).__name__}"))
             return []
         return value
+
+    def _implicit_profile(self, perimeter: dict[str, Any], ref: Any, where: str) -> None:
+        """An association of a perimeter the file does not hold names a profile the file may not hold either:
+        it is taken as a profile with no rules (Enforced then denies all public traffic), and said so."""
+        name = str(ref.get("id", "") if isinstance(ref, dict) else ref or "").rstrip("/").rsplit("/", 1)[-1]
+        if name and not any(p["name"].lower() == name.lower() for p in perimeter["profiles"]):
+            self._profile(perimeter, name)
+            self.notices.append(f"{where}: profile {name!r} is not in the file; taken as a profile with no rules")
 
     @staticmethod
     def _profile(perimeter: dict[str, Any], name: str) -> int:

@@ -15,6 +15,7 @@ Bounded: ``MAX_DEPLOYMENT_DEPTH`` levels of nesting, ``MAX_RESOURCES`` resources
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -183,10 +184,8 @@ class TemplateWalker:
 
     def _diagnostic_settings(self, resource: dict[str, Any], scope: Scope, where: str) -> None:
         target = resource.get("scope", "")
-        try:
+        with contextlib.suppress(ExpressionError):  # the raw text still names the perimeter's type
             target = evaluate_value(target, scope)
-        except ExpressionError:
-            pass  # only said in the notice
         if NSP_TYPE in str(target).lower():
             self.notices.append(f"{where}: diagnostic settings (Microsoft.Insights/diagnosticSettings) of perimeter "
                                 f"{str(target).rsplit('/', 1)[-1]!r} are not read: nsp-proxy writes its access log "

@@ -315,7 +315,11 @@ class _Validator:
         )
         self._unique(path, "resourceAssociations", [a.name for a in associations], "resource association")
         # Azure logs perimeters by GUID; without the real one, a GUID derived from the ID stays stable across runs.
-        guid = str(raw.get("perimeterGuid") or uuid.uuid5(uuid.NAMESPACE_URL, resource_id.lower())).lower()
+        guid = str(raw.get("perimeterGuid") or "").lower()
+        if guid and not _is_guid(guid):  # read-only in Azure: a placeholder (REST examples say "guid") costs nothing
+            self.warnings.append(f"{path}.perimeterGuid: {guid!r} is not a GUID; ignored (derived from the id)")
+            guid = ""
+        guid = guid or str(uuid.uuid5(uuid.NAMESPACE_URL, resource_id.lower()))
         perimeter_links = tuple(links.parse_link(item, kind) for kind in ("links", "linkReferences")
                                 for item in raw.get(kind) or [])
         for kind in ("links", "linkReferences"):
@@ -506,6 +510,13 @@ def _referenced_problem(problem: Problem, source: str, path: str, key: str) -> P
 def _parameter_value(value: Any) -> Any:
     """An inline ``armParameters`` entry: the value, or ``{value: ...}`` as copied from a parameters file."""
     return value["value"] if isinstance(value, dict) and set(value) == {"value"} else value
+
+
+def _is_guid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def _parameter_entry_problem(entry: Any) -> str:
