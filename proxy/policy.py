@@ -6,7 +6,7 @@ one and swaps a single reference, so a request is decided entirely by one genera
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy import addresses
 from proxy.indexes import FqdnIndex, PrefixIndex
@@ -46,6 +46,8 @@ class Policy:
     member_fqdns: FqdnIndex[Association]
     member_endpoints: dict[tuple[str, int], Association]
     listeners: tuple[tuple[str, int, str], ...]  # (host, port, "reverse" | "forward") this proxy listens on
+    # perimeter name (lower) -> loggingConfiguration.enabledLogCategories; perimeters without one are absent
+    log_categories: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def association(self, name: str | None) -> CompiledAssociation | None:
         return self.associations.get(name.lower()) if name else None
@@ -78,6 +80,7 @@ def compile_policy(config: Config, generation: int) -> Policy:
         member_fqdns=FqdnIndex(member_fqdns),
         member_endpoints=member_endpoints,
         listeners=_listeners(config),
+        log_categories={p.name.lower(): p.log_categories for p in config.perimeters if p.log_categories is not None},
     )
 
 
