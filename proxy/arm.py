@@ -107,7 +107,7 @@ class _Converter:
         children: list[tuple[str, list[str], dict[str, Any], str]] = []
         for rtype, names, resource, where in flat:
             if rtype == NSP_TYPE:
-                origins[f"perimeters[{len(perimeters)}]"] = Origin(self.source, where)
+                origins[f"perimeters[{len(perimeters)}]"] = Origin(self.source, where, properties=True)
                 perimeters[names[0].lower()] = self._perimeter(names[0], resource, where)
             elif rtype.startswith(NSP_TYPE + "/"):
                 children.append((rtype[len(NSP_TYPE) + 1 :], names, resource, where))
@@ -126,7 +126,7 @@ class _Converter:
             native = self._attach(perimeter, kind, names, resource, where)
             if native:
                 origins[f"perimeters[{list(perimeters).index(names[0].lower())}].{native}"] = Origin(
-                    self.source, where, properties=kind != "profiles")
+                    self.source, where, properties=True)
         if not perimeters and not self.problems:
             self.problems.append(Problem("", f"no {NSP_TYPE} resource found"))
         document_out = {"perimeters": [{k: v for k, v in p.items() if k != "implicit"} for p in perimeters.values()]}
@@ -176,10 +176,9 @@ class _Converter:
             out["location"] = resource["location"]
         if str(resource.get("id", "")).lower().startswith("/subscriptions/"):
             out["id"] = resource["id"]
-        guid = self._mapping(resource, "properties", where).get("perimeterGuid")
-        if guid:
-            out["perimeterGuid"] = guid
-        return out
+        # its properties too (perimeterGuid; the read-only ones are dropped later): an unknown one is refused
+        props = {k: v for k, v in self._mapping(resource, "properties", where).items() if v is not None}
+        return {**props, **out}
 
     def _attach(self, perimeter: dict[str, Any], kind: str, names: list[str], resource: dict[str, Any],
                 where: str) -> str | None:
@@ -187,7 +186,9 @@ class _Converter:
         # ARM leaves out a property whose value is null (the verified module passes null for every unused one)
         props = {k: v for k, v in self._mapping(resource, "properties", where).items() if v is not None}
         if kind == "profiles":
-            return f"profiles[{self._profile(perimeter, names[1])}]"
+            index = self._profile(perimeter, names[1])
+            perimeter["profiles"][index].update({k: v for k, v in props.items() if k not in ("name", "accessRules")})
+            return f"profiles[{index}]"
         if kind == "profiles/accessrules":
             index = self._profile(perimeter, names[1])
             rules = perimeter["profiles"][index]["accessRules"]
