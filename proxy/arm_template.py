@@ -35,6 +35,11 @@ def is_nsp(resource: Any) -> bool:
     return isinstance(resource, dict) and str(resource.get("type", "")).lower().startswith(NSP_TYPE)
 
 
+def _linked(resource: dict[str, Any]) -> bool:
+    props = resource.get("properties")
+    return isinstance(props, dict) and "templateLink" in props and "template" not in props
+
+
 def _mentions_nsp(resource: dict[str, Any]) -> bool:
     return NSP_TYPE in json.dumps(resource).lower()
 
@@ -61,6 +66,10 @@ class TemplateWalker:
                 out.append((resource, where))
                 continue
             rtype = str(resource.get("type", "")).lower()
+            if rtype == DEPLOYMENTS and _linked(resource):
+                self.notices.append(f"{where}: a linked template (templateLink) is not read; if it deploys NSP "
+                                    "resources, give nsp-proxy the compiled template with it inline")
+                continue
             relevant = (rtype.startswith(NSP_TYPE) or rtype == DIAGNOSTIC_SETTINGS
                         or (rtype == DEPLOYMENTS and _mentions_nsp(resource)))
             if not relevant or resource.get("existing") is True:
@@ -147,9 +156,7 @@ class TemplateWalker:
         props = resource.get("properties") if isinstance(resource.get("properties"), dict) else {}
         template = props.get("template")
         if not isinstance(template, dict):
-            reason = ("linked templates (templateLink) are not read: inline the template (az bicep build does)"
-                      if "templateLink" in props else "expected an inline 'template' object")
-            self.problems.append(Problem(f"{where}.properties", reason))
+            self.problems.append(Problem(f"{where}.properties", "expected an inline 'template' object"))
             return []
         if depth >= MAX_DEPLOYMENT_DEPTH:
             self.problems.append(Problem(where, f"deployments nested more than {MAX_DEPLOYMENT_DEPTH} deep"))
