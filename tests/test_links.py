@@ -20,6 +20,7 @@ from proxy.errors import ConfigError
 from proxy.model import Direction
 from proxy.policy import Policy, compile_policy
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
+from tests.support import run_cli
 
 SUB = "11111111-1111-1111-1111-111111111111"
 MODES = ["Enforced", "Learning"]
@@ -241,3 +242,15 @@ def test_rule_without_direction(rule: dict[str, Any], direction: Direction | Non
         return
     rules = parse_config_text(text, "links.json").perimeters[0].profiles[0].rules
     assert rules[0].direction is direction
+
+
+def test_validate_prints_recommended_limit_and_link_warnings(tmp_path) -> None:
+    document = three_perimeters("Enforced")
+    document["perimeters"][0]["links"] += [{"name": f"extra{i}", "remotePerimeterResourceId": nsp_id("nsp-b")}
+                                           for i in range(10)]
+    path = tmp_path / "many-links.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "12 links; Azure allows at most 10" in result.stderr + result.stdout
+    assert "'a-to-c' is Pending" in result.stderr + result.stdout

@@ -66,6 +66,7 @@ def test_without_the_link_both_gates_deny(nsp_proxy, dnsmasq, backends) -> None:
     fwd, peer_listen = free_port(), free_port()
     rejected = {"name": "p1-to-p2", "autoApprovedRemotePerimeterResourceId": P2_ID, "status": "Rejected"}
     proxy = nsp_proxy(two_perimeters(dns_server.port, fwd, peer_listen, peer_backend.port, "Enforced", rejected))
+    assert "'p1-to-p2' is Rejected" in proxy.wait_for_stderr("is Rejected")  # warned at load
 
     assert curl(fwd, f"http://peer.internal.test:{peer_listen}/cross").status == 403
     assert httpx.get(f"http://127.0.0.1:{peer_listen}/direct", timeout=10).status_code == 403
