@@ -26,7 +26,7 @@ _TOKEN = re.compile(
 
 
 MAX_NESTING = 32  # function calls inside function calls in one expression
-MAX_RESULT_CHARS = 65_536  # one evaluated string: variables that concat each other twice would double each step
+MAX_RESULT_CHARS = arm_functions.MAX_CHARS  # one evaluated string: variables that concat each other would double
 MAX_NUMBER_DIGITS = 18
 
 
@@ -174,8 +174,10 @@ class _Parser:
         if name == "variables":
             return self._variable(str(args[0]))
         if name == "format":
-            return re.sub(r"\{(\d{1,6})(?::[^}]*)?\}", lambda m: _format_argument(args, int(m.group(1))),
-                          str(args[0]))
+            try:
+                return arm_functions.format_string(args[0], args[1:])
+            except arm_functions.FunctionError as exc:
+                raise ExpressionError(str(exc)) from None
         if name == "resourceid":
             return self._resource_id(args)
         if name == "subscriptionresourceid":
@@ -303,12 +305,6 @@ class _Parser:
         if i >= len(self.tokens):
             raise ExpressionError("expression ends too early")
         return self.tokens[i]
-
-
-def _format_argument(args: list[Any], index: int) -> str:
-    if index + 1 >= len(args):
-        raise ExpressionError(f"format() has no argument {{{index}}}")
-    return arm_functions.call("string", [args[index + 1]])
 
 
 MAX_COPY = 800  # ARM's own limit on one copy loop's count

@@ -10,17 +10,21 @@ names) converts to the same names a real deployment gets:
 - ``guid(a, b, ...)``: an RFC 4122 version-5 (SHA-1, name-based) UUID of the ``-``-joined arguments in ARM's
   namespace ``11fb06fb-712d-4ddd-98c7-e71bbd588830``.
 
-Every result is bounded (``MAX_ITEMS`` elements, the caller bounds string lengths).
+Every result is bounded: ``MAX_ITEMS`` elements, ``MAX_CHARS`` characters (computed before a string is built, so
+no expression can make a large one even briefly), 64-bit integers.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 MAX_ITEMS = 10_000  # elements of one array or object an expression builds
+MAX_CHARS = 65_536  # characters of one string an expression builds (checked before it is built)
+MAX_INTEGER = 2**63  # ARM integers are 64-bit
 ARM_GUID_NAMESPACE = uuid.UUID("11fb06fb-712d-4ddd-98c7-e71bbd588830")
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 _M32 = 0xFFFFFFFF
@@ -95,7 +99,32 @@ def _need(args: list[Any], low: int, high: int | None, name: str) -> None:
 def _bounded(value: Any) -> Any:
     if isinstance(value, list | dict) and len(value) > MAX_ITEMS:
         raise FunctionError(f"the result has more than {MAX_ITEMS} elements")
+    if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INTEGER <= value < MAX_INTEGER:
+        raise FunctionError("the result is not a 64-bit integer")
     return value
+
+
+def _joined(parts: list[str], separator: str = "") -> str:
+    """``separator.join(parts)``, refused before it is built when it would exceed ``MAX_CHARS``."""
+    if sum(map(len, parts)) + len(separator) * max(len(parts) - 1, 0) > MAX_CHARS:
+        raise FunctionError(f"the result is longer than {MAX_CHARS} characters")
+    return separator.join(parts)
+
+
+def format_string(template: Any, args: list[Any]) -> str:
+    """ARM's ``format()``: ``{0}``, ``{1:...}`` replaced by the arguments (the format spec is not applied)."""
+    text = _text(template, "format")
+    parts: list[str] = []
+    position = 0
+    for match in re.finditer(r"\{(\d{1,6})(?::[^}]*)?\}", text):
+        index = int(match.group(1))
+        if index >= len(args):
+            raise FunctionError(f"format() has no argument {{{index}}}")
+        parts += [text[position : match.start()], _string(args[index])]
+        position = match.end()
+        if sum(map(len, parts)) > MAX_CHARS:
+            raise FunctionError(f"the result is longer than {MAX_CHARS} characters")
+    return _joined([*parts, text[position:]])
 
 
 def _empty(value: Any) -> bool:
@@ -109,25 +138,43 @@ def _union(*args: Any) -> Any:
             out.update(a)
         return out
     if all(isinstance(a, list) for a in args):
-        seen: list[Any] = []
-        for a in args:
-            seen.extend(x for x in a if x not in seen)
-        return seen
+        if sum(map(len, args)) > MAX_ITEMS:
+            raise FunctionError(f"union() of more than {MAX_ITEMS} elements")
+        seen: dict[Any, Any] = {}
+        for item in (x for a in args for x in a):
+            seen.setdefault(item if isinstance(item, str | int | bool) or item is None else _string(item), item)
+        return list(seen.values())
     raise FunctionError("union() takes only objects or only arrays")
 
 
 def _concat(*args: Any) -> Any:
     if args and all(isinstance(a, list) for a in args):
+        if sum(map(len, args)) > MAX_ITEMS:
+            raise FunctionError(f"concat() of more than {MAX_ITEMS} elements")
         return [x for a in args for x in a]
-    return "".join(_string(a) for a in args)
+    return _joined([_string(a) for a in args])
 
 
 def _string(value: Any) -> str:
     if isinstance(value, bool):
         return "True" if value else "False"  # ARM's string(true) is "True"
     if isinstance(value, list | dict):
-        return json.dumps(value, separators=(",", ":"))
+        chunks: list[str] = []
+        size = 0
+        for chunk in json.JSONEncoder(separators=(",", ":")).iterencode(value):
+            size += len(chunk)
+            if size > MAX_CHARS:
+                raise FunctionError(f"the result is longer than {MAX_CHARS} characters")
+            chunks.append(chunk)
+        return "".join(chunks)
     return "" if value is None else str(value)
+
+
+def _replace(text: Any, old: Any, new: Any) -> str:
+    text, old, new = _text(text, "replace"), _text(old, "replace"), _text(new, "replace")
+    if len(text) + text.count(old) * (len(new) - len(old)) > MAX_CHARS:
+        raise FunctionError(f"the result is longer than {MAX_CHARS} characters")
+    return text.replace(old, new)
 
 
 def _contains(container: Any, item: Any) -> bool:
@@ -181,10 +228,10 @@ FUNCTIONS: dict[str, tuple[int, int | None, Callable[..., Any]]] = {
     "string": (1, 1, _string),
     "int": (1, 1, lambda v: int(v)),
     "bool": (1, 1, lambda v: v if isinstance(v, bool) else str(v).lower() == "true"),
-    "replace": (3, 3, lambda s, old, new: _text(s, "replace").replace(_text(old, "replace"), _text(new, "replace"))),
+    "replace": (3, 3, _replace),
     "substring": (1, 3, _substring),
     "split": (2, 2, lambda s, sep: _text(s, "split").split(sep) if isinstance(sep, str) else _split_any(s, sep)),
-    "join": (2, 2, lambda items, sep: _text(sep, "join").join(_string(i) for i in items)),
+    "join": (2, 2, lambda items, sep: _joined([_string(i) for i in items], _text(sep, "join"))),
     "startswith": (2, 2, lambda s, p: _text(s, "startsWith").lower().startswith(_text(p, "startsWith").lower())),
     "endswith": (2, 2, lambda s, p: _text(s, "endsWith").lower().endswith(_text(p, "endsWith").lower())),
     "indexof": (2, 2, lambda s, p: _text(s, "indexOf").lower().find(_text(p, "indexOf").lower())),

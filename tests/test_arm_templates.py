@@ -206,3 +206,25 @@ def test_diagnostic_settings_on_the_perimeter_are_noticed_not_refused() -> None:
         "properties": {"logs": [{"categoryGroup": "allLogs", "enabled": True}]}})
     config = parse_config_text(json.dumps(document), "t.json")
     assert [w for w in config.warnings if "resources.diag" in w and "'nsp-t'" in w and "not read" in w]
+
+
+BIG = "x" * 40_000
+BOMB_SCOPE = Scope(parameters={"big": {"type": "string", "defaultValue": BIG},
+                               "many": {"type": "array", "defaultValue": [BIG] * 5000}},
+                   variables={"v0": 9_000_000_000, **{f"v{i}": f"[mul(variables('v{i - 1}'), variables('v{i - 1}'))]"
+                                                      for i in range(1, 40)}})
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("[concat(parameters('big'), parameters('big'))]", id="concat"),
+    pytest.param("[replace(parameters('big'), 'x', 'yyyy')]", id="replace"),
+    pytest.param("[join(parameters('many'), ',')]", id="join"),
+    pytest.param("[string(parameters('many'))]", id="string of an array"),
+    pytest.param("[format('{0}{0}{0}', parameters('big'))]", id="format"),
+    pytest.param("[variables('v39')]", id="integer squaring chain"),
+    pytest.param("[union(range(0, 6000), range(6000, 6000))]", id="union over the element bound"),
+])
+def test_expressions_cannot_build_unbounded_values(text: str) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        evaluate(text, BOMB_SCOPE)
+    assert any(word in str(caught.value) for word in ("longer than", "64-bit", "more than"))
