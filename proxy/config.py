@@ -51,7 +51,7 @@ from proxy.normalize import (
 # Azure's hard limit (FACTS.md, "Limits"); the recommended ones only warn (proxy.links).
 MAX_RULE_ELEMENTS_PER_PROFILE = 200
 # Match kinds that exist only in Inbound rules: a rule of one of these without a direction is Inbound.
-INBOUND_ONLY_KINDS = ("addressPrefixes", "subscriptions", "networkSecurityPerimeters", "serviceTags")
+INBOUND_ONLY_KINDS = ("addressPrefixes", "subscriptions", "serviceTags")
 
 MATCH_KINDS = (
     "addressPrefixes",
@@ -358,7 +358,7 @@ class _Validator:
         direction = Direction(raw.get("direction", Direction.INBOUND.value))
         allowed = {
             "addressPrefixes": Direction.INBOUND, "subscriptions": Direction.INBOUND,
-            "networkSecurityPerimeters": Direction.INBOUND, "fullyQualifiedDomainNames": Direction.OUTBOUND,
+            "fullyQualifiedDomainNames": Direction.OUTBOUND,
             "emailAddresses": Direction.OUTBOUND, "phoneNumbers": Direction.OUTBOUND,
         }.get(kind)
         if allowed is not None and allowed is not direction:
@@ -377,7 +377,8 @@ class _Validator:
             fqdns = [self.attempt(p, normalize_fqdn_rule, v) for p, v in zip(at, values, strict=True)]
             return AccessRule(name, direction, fqdns=tuple(f for f in fqdns if f))
         if kind == "networkSecurityPerimeters":
-            return AccessRule(name, direction, perimeters=tuple(_ref_id(v).strip().lower() for v in values))
+            # read-only in Azure: the rules a perimeter link generates, Inbound and Outbound, as exports show them
+            return AccessRule(name, direction, perimeters=tuple(_perimeter_ref(v) for v in values))
         self.warnings.append(f"{path}: '{kind}' rules are accepted but never match in nsp-proxy "
                              f"(they need Azure services that a local proxy cannot see)")
         return AccessRule(name, direction, unsupported_kind=kind, unsupported_elements=len(values))
@@ -530,6 +531,12 @@ def _parameter_entry_problem(entry: Any) -> str:
         keys = ", ".join(sorted(map(str, entry))) or "none"
         return f"missing 'value' (keys given: {keys}): write {{\"value\": ...}}"
     return f"expected {{\"value\": ...}}, not {type(entry).__name__}"
+
+
+def _perimeter_ref(value: Any) -> str:
+    """A ``networkSecurityPerimeters`` entry: its id (or name), else its perimeterGuid, lower case."""
+    ref = _ref_id(value).strip() or (str(value.get("perimeterGuid", "")) if isinstance(value, dict) else "")
+    return ref.strip().lower()
 
 
 def _ref_id(value: Any) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from proxy import addresses
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.hostport import same_host
-from proxy.model import AccessMode, Association, Direction
+from proxy.model import AccessMode, Association, Direction, Perimeter
 from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription
 from proxy.policy import CompiledAssociation, Policy
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
@@ -87,8 +87,7 @@ def _evaluate_inbound(policy: Policy, compiled: CompiledAssociation, facts: Inbo
         return _Verdict(RuleType.SUBSCRIPTIONS, TrafficType.PUBLIC, rule,
                         f"subscription {subscription} matches rule {rule!r}")
     for perimeter, member in members:
-        rule = compiled.inbound_perimeters.get(perimeter.resource_id.lower()) or compiled.inbound_perimeters.get(
-            perimeter.name.lower())
+        rule = _perimeter_rule(compiled.inbound_perimeters, perimeter)
         if rule:
             return _Verdict(RuleType.PERIMETERS, TrafficType.CROSS, rule,
                             f"caller {member!r} is in perimeter {perimeter.name!r}, allowed by rule {rule!r}",
@@ -129,11 +128,19 @@ def _member_destination(policy: Policy, compiled: CompiledAssociation, member: A
         return _Verdict(RuleType.INTRA_PERIMETER, TrafficType.INTRA, None,
                         f"destination is {member.name!r}, a member of the perimeter")
     target = policy.association(member.name)
-    rule = compiled.outbound_perimeters.get(target.perimeter.resource_id.lower()) if target else None
+    rule = _perimeter_rule(compiled.outbound_perimeters, target.perimeter) if target else None
     if rule:
         return _Verdict(RuleType.PERIMETERS, TrafficType.CROSS, rule,
                         f"destination is {member.name!r}, a member of linked perimeter {member.perimeter!r}, "
                         f"allowed by rule {rule!r}")
+    return None
+
+
+def _perimeter_rule(rules: dict[str, str], perimeter: Perimeter) -> str | None:
+    """The ``networkSecurityPerimeters`` rule naming ``perimeter`` by resource ID, name or GUID."""
+    for key in (perimeter.resource_id.lower(), perimeter.name.lower(), perimeter.guid):
+        if key and key in rules:
+            return rules[key]
     return None
 
 

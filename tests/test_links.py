@@ -254,3 +254,21 @@ def test_validate_prints_recommended_limit_and_link_warnings(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "12 links; Azure allows at most 10" in result.stderr + result.stdout
     assert "'a-to-c' is Pending" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("ref", [
+    pytest.param({"id": nsp_id("nsp-b")}, id="by id"),
+    pytest.param({"perimeterGuid": "0f0f0f0f-1111-2222-3333-444444444444", "location": "westus"}, id="by guid"),
+])
+def test_exported_generated_rules_act_in_both_directions(ref: dict[str, str]) -> None:
+    """An export shows a link's generated rules as networkSecurityPerimeters rules, Inbound and Outbound."""
+    document = three_perimeters("Enforced")
+    document["perimeters"][0]["links"] = []
+    document["perimeters"][1]["perimeterGuid"] = "0f0f0f0f-1111-2222-3333-444444444444"
+    document["perimeters"][0]["profiles"][0]["accessRules"] = [
+        {"name": "gen-in", "properties": {"direction": "Inbound", "networkSecurityPerimeters": [ref]}},
+        {"name": "gen-out", "properties": {"direction": "Outbound", "networkSecurityPerimeters": [ref]}}]
+    policy = compiled(document)
+    assert inbound(policy, "a1", "10.2.0.1").category is Category.CROSS_PERIMETER_INBOUND_ALLOWED
+    out = outbound(policy, "a1", "10.1.0.1", "b1.example.net")
+    assert (out.category, out.matched_rule) == (Category.CROSS_PERIMETER_OUTBOUND_ALLOWED, "gen-out")
