@@ -300,3 +300,20 @@ def test_unknown_property_that_is_not_azures_is_refused_with_its_path(kind: str)
     with pytest.raises(ConfigError) as caught:
         parse_config_text(json.dumps({"value": resources}), "export.json")
     assert f"value[{index}]" in str(caught.value) and "aplliesTo" in str(caught.value)
+
+
+@pytest.mark.parametrize(("module", "parameters", "rule"), [
+    pytest.param("profile_main.json", {"networkPerimeterName": "nsp1", "name": "prof", "accessRules": [
+        {"name": "out", "direction": "Outbound", "fullyQualifiedDomainNames": ["contoso.com"]}]}, "out",
+        id="profile module"),
+    pytest.param("profile_access-rule_main.json", {
+        "networkPerimeterName": "nsp1", "networkPerimeterProfileName": "prof", "name": "r1", "direction": "Inbound",
+        "addressPrefixes": ["10.0.0.0/8"]}, "r1", id="access-rule module"),
+])
+def test_avm_child_modules_deploy_into_an_existing_perimeter(tmp_path: Path, module: str, parameters: dict[str, Any],
+                                                             rule: str) -> None:
+    config = load_config(write(tmp_path, {"arm": str(AZURE / "avm" / module), "armParameters": parameters,
+                                          "bindings": {}}))
+    [perimeter] = config.perimeters
+    assert (perimeter.name, [r.name for r in perimeter.profiles[0].rules]) == ("nsp1", [rule])
+    assert [w for w in config.warnings if "perimeter 'nsp1' is not in the file" in w]
