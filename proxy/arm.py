@@ -6,9 +6,12 @@ resource ID -> ``local`` block); alone, it is enough to validate and explain. Th
 document the native YAML gives, plus a map from its paths back to the ARM file's paths so that errors point at
 the line the user wrote.
 
-The template expressions NSP templates use are evaluated (``proxy.arm_expressions``): parameters (the values
-given with ``armParameters``, else their ``defaultValue``), variables, concat, format, resourceId, subscription()
-and resourceGroup(). Others are reported, not guessed. Resources of other types are skipped unread.
+Templates are walked as a deployment would walk them (``proxy.arm_template``: classic and languageVersion 2.0,
+copy loops, conditions, nested deployments) and their expressions evaluated (``proxy.arm_expressions``):
+parameters (the values given with ``armParameters``, else their ``defaultValue``) and the functions NSP templates
+use. Others are reported, not guessed. Resources of other types are skipped unread. Child types: profiles,
+access rules, resource associations, links, link references and the logging configuration are read; diagnostic
+settings are noticed and skipped.
 """
 
 from __future__ import annotations
@@ -17,21 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.arm_expressions import Deployment, ExpressionError, Scope, evaluate, is_expression
+from proxy.arm_expressions import Deployment, is_expression
+from proxy.arm_template import NSP_TYPE, TemplateWalker, is_nsp, top_scope
 from proxy.configfile import parse_json, read_text
 from proxy.errors import ConfigError, Problem
 
-NSP_TYPE = "microsoft.network/networksecurityperimeters"
 BINDINGS_FILE = ""  # Problem.source of problems in the YAML file that holds the bindings: rendered as that file
-KNOWN_CHILDREN = {"profiles", "profiles/accessrules", "resourceassociations"}
-READ_KEYS = ("type", "name", "id", "location", "properties")  # of a resource; nested "resources" besides
+# child type -> the list it goes to under the native perimeter ("loggingConfiguration" is one object)
+LISTED_CHILDREN = {"resourceassociations": "resourceAssociations", "links": "links",
+                   "linkreferences": "linkReferences"}
+KNOWN_CHILDREN = {"profiles", "profiles/accessrules", "loggingconfigurations", *LISTED_CHILDREN}
 
 
 def looks_like_arm(document: Any) -> bool:
     if isinstance(document, list):  # the REST API's list without its {"value": ...} wrapper
         return bool(document) and all(isinstance(item, dict) and "type" in item for item in document)
     return isinstance(document, dict) and (
-        "resources" in document or "value" in document or str(document.get("type", "")).lower() == NSP_TYPE
+        "resources" in document or "value" in document or is_nsp(document)
     )
 
 
@@ -51,20 +56,27 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def convert_file(path: Path, bindings: dict[str, Any], deployment: Deployment | None = None,
-                 ) -> tuple[dict[str, Any], dict[str, Origin]]:
+                 ) -> tuple[dict[str, Any], dict[str, Origin], list[str]]:
     """Convert the ARM file at ``path``; ``deployment`` is where it is deployed and with which parameter
-    values (what ``parameters()``, ``resourceId()`` and perimeters without an ``id`` depend on)."""
+    values (what ``parameters()``, ``resourceId()`` and perimeters without an ``id`` depend on). Returns the
+    native document, where its parts came from, and notices (what was read but is not acted on)."""
     return convert_document(read_json(path, "ARM file"), str(path), bindings, deployment)
 
 
 def convert_document(document: Any, source: str, bindings: dict[str, Any], deployment: Deployment | None = None,
-                     ) -> tuple[dict[str, Any], dict[str, Origin]]:
+                     ) -> tuple[dict[str, Any], dict[str, Origin], list[str]]:
     """Convert an ARM document already read from ``source`` (see ``convert_file``)."""
     return _Converter(source, deployment or Deployment()).convert(document, bindings)
 
 
-def _is_nsp(resource: Any) -> bool:
-    return isinstance(resource, dict) and str(resource.get("type", "")).lower().startswith(NSP_TYPE)
+def _parent_of(child: dict[str, Any]) -> dict[str, Any]:
+    """A stand-in for the perimeter a child's ``id`` names (``.../networkSecurityPerimeters/<name>/...``)."""
+    rid = str(child.get("id", ""))
+    at = rid.lower().find("/providers/microsoft.network/networksecurityperimeters/")
+    if at < 0:
+        return {}
+    name_end = rid.find("/", at + len("/providers/microsoft.network/networksecurityperimeters/"))
+    return {"id": rid if name_end < 0 else rid[:name_end]}
 
 
 class _Converter:
@@ -72,82 +84,56 @@ class _Converter:
         self.source = source
         self.deployment = deployment
         self.problems: list[Problem] = []
+        self.notices: list[str] = []
 
-    def convert(self, document: Any, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    def convert(self, document: Any, bindings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Origin], list[str]]:
         if not isinstance(document, dict | list):
             raise ConfigError(self.source, [Problem("", f"expected an ARM template, export or resource list (a "
                                                         f"JSON object or array), not {type(document).__name__}")])
-        scope = Scope(
-            parameters=self._mapping(document, "parameters", ""),
-            variables=self._mapping(document, "variables", ""),
-            deployment=self.deployment,
-        )
         # Templates deploy other resources too (the Key Vault itself, feature registrations): only the NSP
         # resources are read, so expressions elsewhere need not be evaluable. Non-objects are kept to be reported.
-        top = [(self._evaluate_resource(resource, where, scope), where) for resource, where in self._top_level(document)
-               if _is_nsp(resource) or not isinstance(resource, dict)]
+        walker = TemplateWalker(self.problems, self.notices)
+        scope = top_scope(document if isinstance(document, dict) else {}, self.deployment)
+        if isinstance(document, list):  # a REST list without its {"value": ...} wrapper
+            entries = [(r, f"[{i}]") for i, r in enumerate(document)]
+        elif "type" in document:  # one resource, as GET returns it
+            entries = [(document, "")]
+        else:
+            entries = walker.entries(document, "resources" if "resources" in document else "value", "")
+        top = walker.walk_entries(entries, scope)
         flat = list(self._flatten(top, None, None))
         perimeters: dict[str, dict[str, Any]] = {}
         origins: dict[str, Origin] = {}
         children: list[tuple[str, list[str], dict[str, Any], str]] = []
         for rtype, names, resource, where in flat:
             if rtype == NSP_TYPE:
-                origins[f"perimeters[{len(perimeters)}]"] = Origin(self.source, where)
+                origins[f"perimeters[{len(perimeters)}]"] = Origin(self.source, where, properties=True)
                 perimeters[names[0].lower()] = self._perimeter(names[0], resource, where)
             elif rtype.startswith(NSP_TYPE + "/"):
                 children.append((rtype[len(NSP_TYPE) + 1 :], names, resource, where))
+        defined = bool(perimeters)
         for kind, names, resource, where in children:
             perimeter = perimeters.get(names[0].lower())
-            if perimeter is None:
+            if perimeter is None and defined:  # most likely a misspelt perimeter name
                 self.problems.append(Problem(where, f"belongs to perimeter {names[0]!r}, which is not in the file"))
                 continue
+            if perimeter is None:  # no perimeter in the file: a REST list of children, a module for an existing one
+                perimeter = perimeters[names[0].lower()] = self._perimeter(names[0], _parent_of(resource), where)
+                perimeter["implicit"] = True
+                origins[f"perimeters[{len(perimeters) - 1}]"] = Origin(self.source, where)
+                self.notices.append(f"{where}: perimeter {names[0]!r} is not in the file; it is taken as it is "
+                                    "named here (its children only)")
             native = self._attach(perimeter, kind, names, resource, where)
             if native:
                 origins[f"perimeters[{list(perimeters).index(names[0].lower())}].{native}"] = Origin(
-                    self.source, where, properties=kind != "profiles")
+                    self.source, where, properties=True)
         if not perimeters and not self.problems:
             self.problems.append(Problem("", f"no {NSP_TYPE} resource found"))
-        document_out = {"perimeters": list(perimeters.values())}
+        document_out = {"perimeters": [{k: v for k, v in p.items() if k != "implicit"} for p in perimeters.values()]}
         self._bind(document_out["perimeters"], bindings, origins)
         if self.problems:
             raise ConfigError(self.source, self.problems)
-        return document_out, origins
-
-    def _evaluate(self, node: Any, where: str, scope: Scope) -> Any:
-        """Replace every ARM expression string in ``node`` by its value; report the ones that cannot be."""
-        if isinstance(node, dict):
-            return {k: self._evaluate(v, f"{where}.{k}", scope) for k, v in node.items()}
-        if isinstance(node, list):
-            return [self._evaluate(v, f"{where}[{i}]", scope) for i, v in enumerate(node)]
-        if is_expression(node) or (isinstance(node, str) and node.startswith("[[")):
-            try:
-                return evaluate(node, scope)
-            except ExpressionError as exc:
-                self.problems.append(Problem(where, f"cannot evaluate {node!r}: {exc} (supported: parameters, "
-                                                    "variables, concat, format, resourceId, subscription, "
-                                                    "resourceGroup)"))
-        return node
-
-    def _evaluate_resource(self, resource: Any, where: str, scope: Scope) -> Any:
-        """Evaluate what nsp-proxy reads of a resource (and of its nested children); the rest (apiVersion,
-        dependsOn, tags, ...) stays unread, so an expression there that cannot be evaluated costs nothing."""
-        if not isinstance(resource, dict):
-            return resource
-        out = {k: self._evaluate(v, f"{where}.{k}", scope) for k, v in resource.items() if k in READ_KEYS}
-        if isinstance(resource.get("resources"), list):
-            out["resources"] = [self._evaluate_resource(r, f"{where}.resources[{i}]", scope)
-                                for i, r in enumerate(resource["resources"])]
-        elif "resources" in resource:
-            out["resources"] = resource["resources"]  # not a list: reported by _flatten
-        return out
-
-    def _top_level(self, document: Any) -> list[tuple[dict[str, Any], str]]:
-        if isinstance(document, list):
-            return [(r, f"[{i}]") for i, r in enumerate(document)]
-        if isinstance(document, dict) and "type" in document:
-            return [(document, "")]
-        key = "resources" if "resources" in document else "value"
-        return [(r, f"{key}[{i}]") for i, r in enumerate(self._sequence(document, key, ""))]
+        return document_out, origins, self.notices
 
     def _flatten(self, items: list[tuple[dict[str, Any], str]], parent_type: str | None,
                  parent_names: list[str] | None):
@@ -172,7 +158,7 @@ class _Converter:
             return tail.split("/")[0::2]
         name = str(resource.get("name", ""))
         if is_expression(name):
-            return None  # could not be evaluated: already reported by _evaluate
+            return None  # could not be evaluated: already reported by the walker
         names = name.split("/")
         if parent and len(names) < depth:
             names = parent + names
@@ -185,32 +171,42 @@ class _Converter:
     def _perimeter(self, name: str, resource: dict[str, Any], where: str) -> dict[str, Any]:
         out: dict[str, Any] = {"name": name, "subscriptionId": self.deployment.subscription_id,
                                "resourceGroup": self.deployment.resource_group, "profiles": [],
-                               "resourceAssociations": []}
+                               "resourceAssociations": [], "links": [], "linkReferences": []}
         if resource.get("location"):
             out["location"] = resource["location"]
         if str(resource.get("id", "")).lower().startswith("/subscriptions/"):
             out["id"] = resource["id"]
-        guid = self._mapping(resource, "properties", where).get("perimeterGuid")
-        if guid:
-            out["perimeterGuid"] = guid
-        return out
+        # its properties too (perimeterGuid; the read-only ones are dropped later): an unknown one is refused
+        props = {k: v for k, v in self._mapping(resource, "properties", where).items() if v is not None}
+        return {**props, **out}
 
     def _attach(self, perimeter: dict[str, Any], kind: str, names: list[str], resource: dict[str, Any],
                 where: str) -> str | None:
         """Add a child resource to its perimeter; return its path below the perimeter in the native document."""
-        props = self._mapping(resource, "properties", where)
-        for volatile in ("provisioningState", "resourceGuid", "hasProvisioningStateChanged"):
-            props.pop(volatile, None)
+        # ARM leaves out a property whose value is null (the verified module passes null for every unused one)
+        props = {k: v for k, v in self._mapping(resource, "properties", where).items() if v is not None}
         if kind == "profiles":
-            return f"profiles[{self._profile(perimeter, names[1])}]"
+            index = self._profile(perimeter, names[1])
+            perimeter["profiles"][index].update({k: v for k, v in props.items() if k not in ("name", "accessRules")})
+            return f"profiles[{index}]"
         if kind == "profiles/accessrules":
             index = self._profile(perimeter, names[1])
             rules = perimeter["profiles"][index]["accessRules"]
             rules.append({**props, "name": names[2]})
             return f"profiles[{index}].accessRules[{len(rules) - 1}]"
-        if kind == "resourceassociations":
-            perimeter["resourceAssociations"].append({**props, "name": names[1]})
-            return f"resourceAssociations[{len(perimeter['resourceAssociations']) - 1}]"
+        if kind == "resourceassociations" and perimeter.get("implicit"):
+            self._implicit_profile(perimeter, props.get("profile"), where)
+        if kind in LISTED_CHILDREN:
+            key = LISTED_CHILDREN[kind]
+            perimeter[key].append({**props, "name": names[1]})
+            return f"{key}[{len(perimeter[key]) - 1}]"
+        if kind == "loggingconfigurations":
+            perimeter["loggingConfiguration"] = {**props, "name": names[1]}
+            return "loggingConfiguration"
+        if kind == "providers/diagnosticsettings":  # the classic nested form
+            self.notices.append(f"{where}: diagnostic settings of perimeter {names[0]!r} are not read: nsp-proxy "
+                                "writes its access log to settings.accessLog")
+            return None
         self.problems.append(Problem(where, f"unsupported resource type {kind!r} "
                                             f"(supported: {', '.join(sorted(KNOWN_CHILDREN))})"))
         return None
@@ -236,6 +232,14 @@ class _Converter:
                                                                               f"{type(value).__name__}"))
             return []
         return value
+
+    def _implicit_profile(self, perimeter: dict[str, Any], ref: Any, where: str) -> None:
+        """An association of a perimeter the file does not hold names a profile the file may not hold either:
+        it is taken as a profile with no rules (Enforced then denies all public traffic), and said so."""
+        name = str(ref.get("id", "") if isinstance(ref, dict) else ref or "").rstrip("/").rsplit("/", 1)[-1]
+        if name and not any(p["name"].lower() == name.lower() for p in perimeter["profiles"]):
+            self._profile(perimeter, name)
+            self.notices.append(f"{where}: profile {name!r} is not in the file; taken as a profile with no rules")
 
     @staticmethod
     def _profile(perimeter: dict[str, Any], name: str) -> int:

@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 
 import jsonschema
 
-from proxy import arm
+from proxy import arm, links
 from proxy.arm_expressions import Deployment
+from proxy.azure_fields import IGNORED_PROPERTIES, drop_ignored
 from proxy.configfile import parse_text, read_text
 from proxy.errors import ConfigError, Problem
 from proxy.model import (
@@ -47,10 +48,10 @@ from proxy.normalize import (
     parse_prefix,
 )
 
-# Azure's documented limits (FACTS.md, "Limits").
-MAX_PERIMETERS_PER_SUBSCRIPTION = 100
-MAX_PROFILES_PER_PERIMETER = 200
+# Azure's hard limit (FACTS.md, "Limits"); the recommended ones only warn (proxy.links).
 MAX_RULE_ELEMENTS_PER_PROFILE = 200
+# Match kinds that exist only in Inbound rules: a rule of one of these without a direction is Inbound.
+INBOUND_ONLY_KINDS = ("addressPrefixes", "subscriptions", "serviceTags")
 
 MATCH_KINDS = (
     "addressPrefixes",
@@ -64,7 +65,8 @@ MATCH_KINDS = (
 UNSUPPORTED_KINDS = ("emailAddresses", "phoneNumbers", "serviceTags")
 ARM_KEYS = ("arm", "bindings", "armScope", "armParameters")  # the ARM route's keys, replaced by the conversion
 ARM_SCOPE_KEYS = ("subscriptionId", "resourceGroup", "location")
-LIFTED = ("perimeters", "profiles", "accessRules", "resourceAssociations")
+LIFTED = ("perimeters", "profiles", "accessRules", "resourceAssociations", "links", "linkReferences",
+          "loggingConfiguration")
 
 
 @cache
@@ -137,6 +139,9 @@ class _Validator:
         if not perimeters:
             self.fail("perimeters", "at least one perimeter is required")
         self._check_global(perimeters, settings, document)
+        if not self.problems:
+            perimeters = links.apply_links(perimeters, self.warnings.append)
+            self.warnings.extend(links.recommended_limit_warnings(perimeters))
         if self.problems:
             raise ConfigError(self.source, self.problems)
         return Config(self.source, settings, perimeters, tuple(self.warnings), tuple(self.files))
@@ -152,13 +157,16 @@ class _Validator:
             return node
         result = {k: _canonical_enum(k, v) for k, v in node.items() if k != "properties"}
         inner = node.get("properties")
-        if isinstance(inner, dict) and path.rsplit(".", 1)[-1].split("[")[0] in LIFTED:
+        container = path.rsplit(".", 1)[-1].split("[")[0]
+        if isinstance(inner, dict) and container in LIFTED:
             for key, value in inner.items():
-                if key in result:
+                if key in result and key not in IGNORED_PROPERTIES:
                     self.fail(f"{path}.properties.{key}", f"'{key}' is given both inside and outside 'properties'")
                 result[key] = _canonical_enum(key, value)
         elif "properties" in node:
             result["properties"] = inner
+        if container in LIFTED:
+            result = drop_ignored(result, container)
         return {
             k: self._lift_properties(v, f"{path}.{k}" if path else k) if k in LIFTED else v
             for k, v in result.items()
@@ -171,22 +179,25 @@ class _Validator:
         arm_path = self.base_dir / str(document["arm"])
         self.files.append(str(arm_path))
         try:
-            converted, origins = arm.convert_file(arm_path, document.get("bindings") or {}, self._deployment(document))
+            converted, origins, notices = arm.convert_file(arm_path, document.get("bindings") or {},
+                                                           self._deployment(document))
         except ConfigError as exc:
             problems = [_referenced_problem(p, exc.source, str(arm_path), "arm") for p in exc.problems]
             raise ConfigError(self.source, problems) from None
         rest = {k: v for k, v in document.items() if k not in ARM_KEYS}
-        return {**rest, **self._adopt_arm(converted, origins)}
+        return {**rest, **self._adopt_arm(converted, origins, notices)}
 
     def _convert_arm(self, document: Any) -> dict[str, Any]:
         """An ARM template/export given as the configuration itself: Azure's rules with no local endpoints,
         enough to validate and explain (``run`` needs listeners: a YAML file with ``arm:`` and ``bindings:``)."""
         return self._adopt_arm(*arm.convert_document(document, self.source, {}))
 
-    def _adopt_arm(self, converted: dict[str, Any], origins: dict[str, arm.Origin]) -> dict[str, Any]:
-        """Take a converted ARM document in: its paths map back to the ARM file for errors, and its enums are
-        canonicalised as the native format's are (ARM takes them in any case)."""
+    def _adopt_arm(self, converted: dict[str, Any], origins: dict[str, arm.Origin], notices: list[str],
+                   ) -> dict[str, Any]:
+        """Take a converted ARM document in: its paths map back to the ARM file for errors, its notices become
+        warnings, and its enums are canonicalised as the native format's are (ARM takes them in any case)."""
         self.origins.update(origins)
+        self.warnings.extend(notices)
         return self._lift_properties(converted, "")
 
     def _deployment(self, document: dict[str, Any]) -> Deployment:
@@ -222,7 +233,7 @@ class _Validator:
         if not isinstance(entries, dict):
             raise ConfigError(str(path), [Problem("parameters", "expected an ARM parameters file: "
                                                                 '{"parameters": {"<name>": {"value": ...}}}')])
-        problems = [Problem(f"parameters.{name}", "only literal values are supported (no Key Vault reference)")
+        problems = [Problem(f"parameters.{name}", _parameter_entry_problem(entry))
                     for name, entry in entries.items() if not (isinstance(entry, dict) and "value" in entry)]
         if problems:
             raise ConfigError(str(path), problems)
@@ -306,9 +317,6 @@ class _Validator:
             self._profile(p, f"{path}.profiles[{i}]") for i, p in enumerate(raw.get("profiles") or [])
         )
         self._unique(path, "profiles", [p.name for p in profiles], "profile")
-        if len(profiles) > MAX_PROFILES_PER_PERIMETER:
-            self.fail(f"{path}.profiles", f"{len(profiles)} profiles; Azure allows at most "
-                                          f"{MAX_PROFILES_PER_PERIMETER} per perimeter")
         profile_names = {p.name.lower(): p.name for p in profiles}
         associations = tuple(
             self._association(a, f"{path}.resourceAssociations[{i}]", name, profile_names)
@@ -316,8 +324,19 @@ class _Validator:
         )
         self._unique(path, "resourceAssociations", [a.name for a in associations], "resource association")
         # Azure logs perimeters by GUID; without the real one, a GUID derived from the ID stays stable across runs.
-        guid = str(raw.get("perimeterGuid") or uuid.uuid5(uuid.NAMESPACE_URL, resource_id.lower())).lower()
-        return Perimeter(name, str(raw.get("location", "local")), resource_id, profiles, associations, guid)
+        guid = str(raw.get("perimeterGuid") or "").lower()
+        if guid and not _is_guid(guid):  # read-only in Azure: a placeholder (REST examples say "guid") costs nothing
+            self.warnings.append(f"{path}.perimeterGuid: {guid!r} is not a GUID; ignored (derived from the id)")
+            guid = ""
+        guid = guid or str(uuid.uuid5(uuid.NAMESPACE_URL, resource_id.lower()))
+        perimeter_links = tuple(links.parse_link(item, kind) for kind in ("links", "linkReferences")
+                                for item in raw.get(kind) or [])
+        for kind in ("links", "linkReferences"):
+            self._unique(path, kind, [item["name"] for item in raw.get(kind) or []], kind[:-1])
+        categories = links.parse_log_categories(raw.get("loggingConfiguration"), self.fail,
+                                                f"{path}.loggingConfiguration")
+        return Perimeter(name, str(raw.get("location", "local")), resource_id, profiles, associations, guid,
+                         perimeter_links, categories)
 
     def _profile(self, raw: dict[str, Any], path: str) -> Profile:
         rules = tuple(
@@ -332,7 +351,6 @@ class _Validator:
         return Profile(raw["name"], rules)
 
     def _rule(self, raw: dict[str, Any], path: str) -> AccessRule | None:
-        direction = Direction(raw["direction"])
         kinds = [k for k in MATCH_KINDS if raw.get(k)]
         if len(kinds) != 1:
             found = ", ".join(kinds) if kinds else "none"
@@ -340,9 +358,16 @@ class _Validator:
                             f"found: {found}")
             return None
         kind = kinds[0]
+        if "direction" not in raw and kind not in INBOUND_ONLY_KINDS:
+            # Azure accepts a rule without direction (the CLI quickstart's inbound rule has none); nsp-proxy
+            # reads it as Inbound, which only an inbound-only match makes unambiguous.
+            self.fail(path, f"an access rule without 'direction' is read as Inbound (as Azure's CLI quickstart "
+                            f"creates it), but '{kind}' is not an Inbound match: give direction: Outbound")
+            return None
+        direction = Direction(raw.get("direction", Direction.INBOUND.value))
         allowed = {
             "addressPrefixes": Direction.INBOUND, "subscriptions": Direction.INBOUND,
-            "networkSecurityPerimeters": Direction.INBOUND, "fullyQualifiedDomainNames": Direction.OUTBOUND,
+            "fullyQualifiedDomainNames": Direction.OUTBOUND,
             "emailAddresses": Direction.OUTBOUND, "phoneNumbers": Direction.OUTBOUND,
         }.get(kind)
         if allowed is not None and allowed is not direction:
@@ -361,7 +386,8 @@ class _Validator:
             fqdns = [self.attempt(p, normalize_fqdn_rule, v) for p, v in zip(at, values, strict=True)]
             return AccessRule(name, direction, fqdns=tuple(f for f in fqdns if f))
         if kind == "networkSecurityPerimeters":
-            return AccessRule(name, direction, perimeters=tuple(_ref_id(v).strip().lower() for v in values))
+            # read-only in Azure: the rules a perimeter link generates, Inbound and Outbound, as exports show them
+            return AccessRule(name, direction, perimeters=tuple(_perimeter_ref(v) for v in values))
         self.warnings.append(f"{path}: '{kind}' rules are accepted but never match in nsp-proxy "
                              f"(they need Azure services that a local proxy cannot see)")
         return AccessRule(name, direction, unsupported_kind=kind, unsupported_elements=len(values))
@@ -412,6 +438,7 @@ class _Validator:
                                                      raw.get("privateEndpointPrefixes")),
             # SecuredByPerimeter: only the perimeter may admit public traffic, so the Transition fallback denies
             public_network_access=raw.get("publicNetworkAccess", "Enabled") == "Enabled",
+            secured_by_perimeter=raw.get("publicNetworkAccess") == "SecuredByPerimeter",
             resource_ip_rules=self._prefixes(f"{path}.resourceIpRules", raw.get("resourceIpRules")),
             trust_subscription_header=bool(raw.get("trustSubscriptionHeader", True)),
         )
@@ -429,14 +456,6 @@ class _Validator:
 
     def _check_global(self, perimeters: tuple[Perimeter, ...], settings: Settings, raw: dict[str, Any]) -> None:
         self._unique("", "perimeters", [p.name for p in perimeters], "perimeter")
-        per_subscription: dict[str, int] = {}
-        for perimeter in perimeters:
-            sub = perimeter.resource_id.lower().split("/")[2] if perimeter.resource_id.count("/") > 2 else ""
-            per_subscription[sub] = per_subscription.get(sub, 0) + 1
-        for sub, count in per_subscription.items():
-            if count > MAX_PERIMETERS_PER_SUBSCRIPTION:
-                self.fail("perimeters", f"{count} perimeters in subscription {sub}; Azure allows at most "
-                                        f"{MAX_PERIMETERS_PER_SUBSCRIPTION}")
         listeners: dict[int, str] = {}
         if settings.metrics_listen_port:
             listeners[settings.metrics_listen_port] = "settings.metrics"
@@ -481,6 +500,7 @@ _ENUMS = {
     "accessMode": ("Learning", "Transition", "Enforced", "Audit"),
     "direction": ("Inbound", "Outbound"),
     "publicNetworkAccess": ("Enabled", "Disabled", "SecuredByPerimeter"),
+    "status": ("Approved", "Pending", "Rejected", "Disconnected"),
 }
 
 
@@ -504,6 +524,32 @@ def _referenced_problem(problem: Problem, source: str, path: str, key: str) -> P
 def _parameter_value(value: Any) -> Any:
     """An inline ``armParameters`` entry: the value, or ``{value: ...}`` as copied from a parameters file."""
     return value["value"] if isinstance(value, dict) and set(value) == {"value"} else value
+
+
+def _is_guid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def _parameter_entry_problem(entry: Any) -> str:
+    """Why a parameters-file entry gives no value, in its own terms."""
+    if isinstance(entry, dict) and "reference" in entry:
+        return "a Key Vault reference cannot be resolved here: give the value itself ({\"value\": ...})"
+    if isinstance(entry, dict) and "defaultValue" in entry:
+        return ("has 'defaultValue' but no 'value' (that belongs in the template's parameters): write "
+                "{\"value\": ...}")
+    if isinstance(entry, dict):
+        keys = ", ".join(sorted(map(str, entry))) or "none"
+        return f"missing 'value' (keys given: {keys}): write {{\"value\": ...}}"
+    return f"expected {{\"value\": ...}}, not {type(entry).__name__}"
+
+
+def _perimeter_ref(value: Any) -> str:
+    """A ``networkSecurityPerimeters`` entry: its id (or name), else its perimeterGuid, lower case."""
+    ref = _ref_id(value).strip() or (str(value.get("perimeterGuid", "")) if isinstance(value, dict) else "")
+    return ref.strip().lower()
 
 
 def _ref_id(value: Any) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from proxy import addresses
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.hostport import same_host
-from proxy.model import AccessMode, Association, Direction
+from proxy.model import AccessMode, Association, Direction, Perimeter
 from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription
 from proxy.policy import CompiledAssociation, Policy
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
@@ -87,8 +87,7 @@ def _evaluate_inbound(policy: Policy, compiled: CompiledAssociation, facts: Inbo
         return _Verdict(RuleType.SUBSCRIPTIONS, TrafficType.PUBLIC, rule,
                         f"subscription {subscription} matches rule {rule!r}")
     for perimeter, member in members:
-        rule = compiled.inbound_perimeters.get(perimeter.resource_id.lower()) or compiled.inbound_perimeters.get(
-            perimeter.name.lower())
+        rule = _perimeter_rule(compiled.inbound_perimeters, perimeter)
         if rule:
             return _Verdict(RuleType.PERIMETERS, TrafficType.CROSS, rule,
                             f"caller {member!r} is in perimeter {perimeter.name!r}, allowed by rule {rule!r}",
@@ -101,9 +100,8 @@ def _evaluate_outbound(policy: Policy, compiled: CompiledAssociation, facts: Out
     host = facts.destination_host.strip().strip("[]")
     if is_ip_literal(host):
         member = _member_endpoint(policy, host, facts.destination_port)
-        if member and member.perimeter == compiled.perimeter.name:
-            return _Verdict(RuleType.INTRA_PERIMETER, TrafficType.INTRA, None,
-                            f"destination is {member.name!r}, a member of the perimeter")
+        if member and (verdict := _member_destination(policy, compiled, member)):
+            return verdict
         return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None,
                         f"IP-literal destination {host}: outbound rules allow FQDNs only")
     try:
@@ -115,13 +113,35 @@ def _evaluate_outbound(policy: Policy, compiled: CompiledAssociation, facts: Out
             return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None,
                             f"{label} {other!r} differs from the destination {name!r}")
     member = policy.member_fqdns.lookup(name)
-    if member and member.perimeter == compiled.perimeter.name:
-        return _Verdict(RuleType.INTRA_PERIMETER, TrafficType.INTRA, None,
-                        f"destination is {member.name!r}, a member of the perimeter")
+    if member and (verdict := _member_destination(policy, compiled, member)):
+        return verdict
     rule = compiled.outbound_fqdns.lookup(name)
     if rule:
         return _Verdict(RuleType.FQDNS, TrafficType.PUBLIC, rule, f"{name} matches rule {rule!r}")
     return _Verdict(RuleType.NONE, TrafficType.PUBLIC, None, f"no outbound rule allows {name}")
+
+
+def _member_destination(policy: Policy, compiled: CompiledAssociation, member: Association) -> _Verdict | None:
+    """A destination that is a member of this perimeter (intra) or of a perimeter linked to it (cross: the
+    link's generated Outbound rule); None for a member of an unlinked perimeter (public rules decide)."""
+    if member.perimeter == compiled.perimeter.name:
+        return _Verdict(RuleType.INTRA_PERIMETER, TrafficType.INTRA, None,
+                        f"destination is {member.name!r}, a member of the perimeter")
+    target = policy.association(member.name)
+    rule = _perimeter_rule(compiled.outbound_perimeters, target.perimeter) if target else None
+    if rule:
+        return _Verdict(RuleType.PERIMETERS, TrafficType.CROSS, rule,
+                        f"destination is {member.name!r}, a member of linked perimeter {member.perimeter!r}, "
+                        f"allowed by rule {rule!r}")
+    return None
+
+
+def _perimeter_rule(rules: dict[str, str], perimeter: Perimeter) -> str | None:
+    """The ``networkSecurityPerimeters`` rule naming ``perimeter`` by resource ID, name or GUID."""
+    for key in (perimeter.resource_id.lower(), perimeter.name.lower(), perimeter.guid):
+        if key and key in rules:
+            return rules[key]
+    return None
 
 
 # -- outcome by mode -----------------------------------------------------------------------------------------
@@ -134,6 +154,7 @@ _ALLOWED = {
     (Direction.INBOUND, RuleType.SUBSCRIPTIONS): Category.PUBLIC_INBOUND_PERIMETER_ALLOWED,
     (Direction.OUTBOUND, RuleType.INTRA_PERIMETER): Category.OUTBOUND_ATTEMPT,
     (Direction.OUTBOUND, RuleType.FQDNS): Category.PUBLIC_OUTBOUND_PERIMETER_ALLOWED,
+    (Direction.OUTBOUND, RuleType.PERIMETERS): Category.CROSS_PERIMETER_OUTBOUND_ALLOWED,
 }
 _PERIMETER_DENIED = {
     Direction.INBOUND: Category.PUBLIC_INBOUND_PERIMETER_DENIED,
@@ -188,14 +209,15 @@ def _outcome(
 
 
 def _resource_rules_allow(compiled: CompiledAssociation, direction: Direction, facts: object) -> bool:
-    """The resource's own settings, which Transition mode falls back to (FACTS.md, Decisions).
+    """The resource's own settings, which Transition mode falls back to (FACTS.md, Decisions, transition table).
 
-    Outbound, PaaS resources have no firewall of their own, so they allow. Inbound, ``publicNetworkAccess``
-    must be Enabled and, if the resource lists IP rules, the caller must match one.
+    Outbound, PaaS resources have no firewall of their own, so they allow, unless ``publicNetworkAccess`` is
+    SecuredByPerimeter: then only the perimeter's rules admit outbound traffic too. Inbound,
+    ``publicNetworkAccess`` must be Enabled and, if the resource lists IP rules, the caller must match one.
     """
-    if direction is Direction.OUTBOUND:
-        return True
     local = compiled.association.local
+    if direction is Direction.OUTBOUND:
+        return not local.secured_by_perimeter
     if not local.public_network_access:
         return False
     if not compiled.resource_ip_rules:

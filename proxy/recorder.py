@@ -5,6 +5,9 @@
 502/504 the proxy answered), so that it is still one record and it says what happened; pending records are
 written at shutdown too. Nothing here blocks: the writer thread does the I/O (``proxy.logwriter``).
 
+A perimeter's logging configuration (``enabledLogCategories``) filters here, after the decision is counted and
+before the record is built: a category it does not enable is not written (``category_enabled``).
+
 Counts: ``nsp_decisions_total`` moves when a record is submitted; each submitted record then ends up in exactly
 one of ``nsp_access_log_records_total`` (written), ``nsp_access_log_errors_total`` (write or build failed) or
 ``nsp_access_log_dropped_total`` (queue full, or still queued when the shutdown flush timed out); an aggregated
@@ -29,7 +32,7 @@ from proxy.logformats import diagnostic_record
 from proxy.logwriter import DEFAULT_FLUSH_TIMEOUT, DEFAULT_QUEUE_SIZE, AccessLogWriter
 from proxy.model import AccessMode, Settings
 from proxy.policy import Policy
-from proxy.telemetry import LOG_FORMAT_DIAGNOSTIC, PARAM_UPSTREAM_ERROR, PARAM_UPSTREAM_STATUS
+from proxy.telemetry import LOG_FORMAT_DIAGNOSTIC, PARAM_UPSTREAM_ERROR, PARAM_UPSTREAM_STATUS, Category
 
 log = logging.getLogger("nsp-proxy")
 
@@ -55,9 +58,11 @@ class Recorder:
     # -- recording --------------------------------------------------------------------------------------------
 
     def record(self, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any]) -> bool:
-        """Queue the record now. True when it was taken by a healthy log; False tells an Enforced gate to
-        refuse what it was about to let through."""
+        """Queue the record now. True when it was taken by a healthy log (or its category is not enabled for
+        its perimeter); False tells an Enforced gate to refuse what it was about to let through."""
         self.metrics.observe(decision)
+        if not category_enabled(decision, policy):
+            return True
         try:
             record = build_record(decision, facts, policy, **details)
             context = perimeter_id(policy, decision) if self._diagnostic else ""
@@ -176,6 +181,14 @@ class Recorder:
             self._last_error_log = now
             log.error("%s (counted in the nsp_access_log_* metrics; repeats are not printed for %.0fs)",
                       message, ERROR_LOG_INTERVAL)
+
+
+def category_enabled(decision: Decision, policy: Policy) -> bool:
+    """Whether the decision's category is written: a perimeter's ``loggingConfiguration.enabledLogCategories``
+    chooses them, as in Azure (metrics count every decision all the same). nsp-proxy's own
+    NspProxyRequestRefused and decisions of no perimeter are always written."""
+    enabled = policy.log_categories.get((decision.perimeter or "").lower()) if policy.log_categories else None
+    return enabled is None or decision.category is Category.PROXY_REQUEST_REFUSED or decision.category in enabled
 
 
 def _with_outcome(details: dict[str, Any], status: int | None, error: str | None) -> dict[str, Any]:
