@@ -550,12 +550,14 @@ def rss_kib(pid: int) -> int | None:
 
 
 def rss_row(port: int, pid: int, args: argparse.Namespace, served: int) -> dict[str, Any]:
-    """Drive the allowed listener until it has served ``args.rss_requests`` requests in all, noting its RSS
-    after the first 10,000 and at the end: flat means within 10 MB (issue 7)."""
+    """Drive the allowed listener until nsp-proxy has served ``args.rss_requests`` requests in all (or for at
+    most ``args.rss_seconds``), noting its RSS once it has served 10,000 and at the end: flat means within
+    10 MB (issue 7). The rows before count: the first sample is taken when they already reached 10,000."""
     after_10k = rss_kib(pid) if served >= 10_000 else None
     mark = served
     samples: list[tuple[int, int | None]] = []
-    while served < args.rss_requests:
+    deadline = time.monotonic() + args.rss_seconds
+    while served < args.rss_requests and time.monotonic() < deadline:
         chunk = _window("reverse", port, 0, 200, args, 5.0, 0, pid)
         served += chunk.requests + chunk.errors
         if after_10k is None and served >= 10_000:
@@ -664,10 +666,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", "-w", type=float, default=1.0, help="warm-up seconds before measuring (1)")
     parser.add_argument("--rounds", "-r", type=int, default=3,
                         help="alternating windows per target; --duration is split between them (3)")
-    parser.add_argument("--rss-requests", type=int, default=40_000,
+    parser.add_argument("--rss-requests", type=int, default=100_000,
                         help="requests nsp-proxy serves in all before its RSS is compared with the RSS after "
-                             "10,000 (40,000; 0 skips it)")
-    parser.add_argument("--long", action="store_true", help="the RSS row over 1,000,000 requests (about 20 min)")
+                             "10,000 (100,000; 0 skips it)")
+    parser.add_argument("--rss-seconds", type=float, default=90.0,
+                        help="at most this long for the RSS row; the table says how many requests it reached (90)")
+    parser.add_argument("--long", action="store_true",
+                        help="the RSS row over 1,000,000 requests, however long that takes (~15 min at 1,200/s)")
     parser.add_argument("--no-reload", dest="reload", action="store_false",
                         help="skip the reload row (bench/reload_latency.py, when present)")
     parser.add_argument("--asyncio-client", action="store_true",
@@ -694,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.connections < 1 or args.duration <= 0 or args.warmup < 0 or args.rounds < 1:
         parser.error("--connections and --rounds must be >= 1, --duration > 0, --warmup >= 0")
     if args.long:
-        args.rss_requests = 1_000_000
+        args.rss_requests, args.rss_seconds = 1_000_000, 3600.0
     report = run(args)
     if args.json:
         print(json.dumps(report, indent=2))
