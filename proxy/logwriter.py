@@ -51,6 +51,7 @@ class AccessLogWriter:
         self._cond = threading.Condition()
         self._closing = False
         self._busy = False  # the thread holds a batch it has not finished writing
+        self._idle = False  # the thread waits for a line: the next submit wakes it (else it comes back by itself)
         self._thread = threading.Thread(target=self._run, name=f"access-log {target}", daemon=True)
         self._thread.start()
 
@@ -62,7 +63,8 @@ class AccessLogWriter:
             if self._closing or len(self._queue) >= self.capacity:
                 return False
             self._queue.append(line)
-            if len(self._queue) == 1:
+            if self._idle:
+                self._idle = False
                 self._cond.notify()
         return True
 
@@ -95,7 +97,9 @@ class AccessLogWriter:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
+                    self._idle = True
                     self._cond.wait()
+                self._idle = False
                 linger = not self._closing and len(self._queue) < LINGER_ENOUGH
             if linger:
                 time.sleep(LINGER)  # lines submitted meanwhile join this batch (and notify nobody)
