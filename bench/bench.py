@@ -495,18 +495,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     [mitmdump, "-q", "--mode", f"regular@127.0.0.1:{ports['mitm_forward']}"],
                     ports["mitm_forward"], "mitmdump forward", work / "mitmdump-forward.stderr"))
             windows: dict[str, list[Window]] = {row[0]: [] for row in rows}
+            served, first_10k = 0, None  # nsp-proxy's requests so far; (requests, RSS KiB) once past 10,000
             for round_no in range(args.rounds):
                 warmup = args.warmup if round_no == 0 else min(args.warmup, 0.5)
                 for name, process, port, kind, expect in rows:
                     say(f"[bench] round {round_no + 1}/{args.rounds} {name}: {warmup:g}s warm-up + {window:g}s")
                     windows[name].append(_window(kind, ports[port], backend_port, expect, args, window, warmup,
                                                  processes[process].pid))
+                    served = sum(w.requests + w.errors for n in windows if n.startswith("nsp-proxy")
+                                 for w in windows[n])
+                    if first_10k is None and served >= 10_000:  # warm-ups not counted: a little later than 10k
+                        first_10k = (served, rss_kib(processes["nsp-proxy"].pid))
             results.extend(summarize(name, args.connections, windows[name]) for name in windows)
             if args.rss_requests:
-                say(f"[bench] nsp-proxy RSS over {args.rss_requests:,} allowed requests")
-                served = sum(w.requests + w.errors for name in windows if name.startswith("nsp-proxy")
-                             for w in windows[name])
-                rss = rss_row(ports["nsp"], processes["nsp-proxy"].pid, args, served)
+                say(f"[bench] nsp-proxy RSS over {args.rss_requests:,} requests")
+                rss = rss_row(ports["nsp"], processes["nsp-proxy"].pid, args, served, first_10k)
         records = sum(1 for _ in access_log.open("rb")) if access_log.exists() else 0
         if args.reload:
             reload_row = run_reload_row(say)
@@ -549,19 +552,19 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def rss_row(port: int, pid: int, args: argparse.Namespace, served: int) -> dict[str, Any]:
+def rss_row(port: int, pid: int, args: argparse.Namespace, served: int,
+            first_10k: tuple[int, int | None] | None) -> dict[str, Any]:
     """Drive the allowed listener until nsp-proxy has served ``args.rss_requests`` requests in all (or for at
-    most ``args.rss_seconds``), noting its RSS once it has served 10,000 and at the end: flat means within
-    10 MB (issue 7). The rows before count: the first sample is taken when they already reached 10,000."""
-    after_10k = rss_kib(pid) if served >= 10_000 else None
-    mark = served
+    most ``args.rss_seconds``), comparing its RSS at the end with the RSS once it had served 10,000 (noted
+    during the rows when they got that far): flat means within 10 MB (issue 7)."""
+    mark, after_10k = first_10k if first_10k is not None else (served, None)
     samples: list[tuple[int, int | None]] = []
     deadline = time.monotonic() + args.rss_seconds
     while served < args.rss_requests and time.monotonic() < deadline:
         chunk = _window("reverse", port, 0, 200, args, 5.0, 0, pid)
         served += chunk.requests + chunk.errors
         if after_10k is None and served >= 10_000:
-            after_10k, mark = rss_kib(pid), served
+            mark, after_10k = served, rss_kib(pid)
         samples.append((served, rss_kib(pid)))
     end = rss_kib(pid)
     growth = (end - after_10k) / 1024 if end is not None and after_10k is not None else None
