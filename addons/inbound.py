@@ -43,11 +43,13 @@ class InboundGate:
         compiled = runtime.policy.association(facts.resource)
         decision = runtime.decide_inbound(facts)
         request = flow.request
-        path = request.path.split("?", 1)[0]
+        path, query = request.path, ""
+        if "?" in path:  # the query is parsed only when there is one
+            path, query = path.split("?", 1)[0], request.query.get("api-version", "")
         record_request(
             runtime, flow, decision, facts,
             operation=f"{request.method} {path}",
-            operation_version=request.headers.get("x-ms-version") or request.query.get("api-version", ""),
+            operation_version=request.headers.get("x-ms-version") or query,
             **details,
         )
         if decision.allowed and self.lifecycle.rewrites_host_header and isinstance(flow.client_conn.proxy_mode,

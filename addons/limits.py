@@ -9,7 +9,10 @@ proxy's descriptors and memory forever. All limits are ``settings`` (config/READ
 
 mitmproxy itself has no connect or response timeout and no header timeout; its only timer closes a connection
 after 600 s without traffic (fixed in mitmproxy 11, the ``tcp_timeout`` option in 12), which still bounds
-established CONNECT tunnels. Timers here are plain ``loop.call_later`` handles, cancelled as each stage ends.
+established CONNECT tunnels. Timers here are plain ``loop.call_later`` handles, cancelled as each stage ends,
+except a client's clientHeaders/idle timer: a kept-alive connection re-arms it after every response, so it is one
+handle per connection that, when it fires before the deadline in force (moved on by the responses since), sets
+itself again for that deadline; a request in flight disarms it without touching the event loop's timer heap.
 Ending a connection uses mitmproxy's connection registry (``proxyserver.connections[client.id]`` and the
 handler's ``transports``: internals, checked on mitmproxy 11 and 12), as mitmproxy's own watchdog does.
 """
@@ -37,7 +40,7 @@ class Limits:
         self.lifecycle = lifecycle
         self.open: defaultdict[int, int] = defaultdict(int)  # listener port -> open client connections
         self.port_of: dict[str, int] = {}  # client id -> listener port it is counted against
-        self.waiting: dict[str, asyncio.TimerHandle] = {}  # client id -> clientHeaders/idle timer
+        self.waiting: dict[str, _Waiting] = {}  # client id -> its clientHeaders/idle timer
         self.in_flight: defaultdict[str, int] = defaultdict(int)  # client id -> requests not yet answered
         self.tunnels: set[str] = set()  # client ids that became CONNECT tunnels (mitmproxy's idle timer)
         self.connecting: dict[str, asyncio.TimerHandle] = {}  # server id -> upstreamConnect timer
@@ -65,18 +68,24 @@ class Limits:
         port = self.port_of.pop(client.id, None)
         if port is not None:
             self.open[port] -= 1
-        _cancel(self.waiting.pop(client.id, None))
+        waiting = self.waiting.pop(client.id, None)
+        if waiting is not None:
+            _cancel(waiting.handle)
         self.in_flight.pop(client.id, None)
         self.tunnels.discard(client.id)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         client = flow.client_conn.id
-        _cancel(self.waiting.pop(client, None))
+        waiting = self.waiting.get(client)
+        if waiting is not None:
+            waiting.deadline = None  # disarmed; the handle, if it fires, finds nothing to do
         self.in_flight[client] += 1
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self.tunnels.add(flow.client_conn.id)
-        _cancel(self.waiting.pop(flow.client_conn.id, None))
+        waiting = self.waiting.pop(flow.client_conn.id, None)
+        if waiting is not None:
+            _cancel(waiting.handle)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._answered(flow)
@@ -95,9 +104,26 @@ class Limits:
             self._wait_for_request(client, settings.idle_timeout, "idle")
 
     def _wait_for_request(self, client: connection.Client, seconds: float, kind: str) -> None:
-        _cancel(self.waiting.pop(client.id, None))
         loop = asyncio.get_running_loop()
-        self.waiting[client.id] = loop.call_later(seconds, self._close_client, client, kind)
+        deadline = loop.time() + seconds
+        waiting = self.waiting.get(client.id)
+        if waiting is None:
+            waiting = self.waiting[client.id] = _Waiting(client)
+        waiting.deadline, waiting.kind = deadline, kind
+        if waiting.handle is not None and waiting.handle.when() <= deadline:
+            return  # the handle fires first and sets itself again for this deadline
+        _cancel(waiting.handle)
+        waiting.handle = loop.call_at(deadline, self._check_waiting, waiting)
+
+    def _check_waiting(self, waiting: _Waiting) -> None:
+        waiting.handle = None
+        if self.waiting.get(waiting.client.id) is not waiting or waiting.deadline is None:
+            return  # a request arrived (or the connection ended) meanwhile
+        loop = asyncio.get_running_loop()
+        if loop.time() < waiting.deadline:
+            waiting.handle = loop.call_at(waiting.deadline, self._check_waiting, waiting)
+            return
+        self._close_client(waiting.client, waiting.kind)
 
     def _close_client(self, client: connection.Client, kind: str) -> None:
         self.waiting.pop(client.id, None)
@@ -164,6 +190,19 @@ class Limits:
     def _metrics(self) -> Any:
         assert self.lifecycle.runtime is not None
         return self.lifecycle.runtime.metrics
+
+
+class _Waiting:
+    """A client's wait for its next request's headers: the deadline in force (None: a request is in flight) and
+    the one timer handle that checks it."""
+
+    __slots__ = ("client", "deadline", "handle", "kind")
+
+    def __init__(self, client: connection.Client) -> None:
+        self.client = client
+        self.deadline: float | None = None
+        self.kind = ""
+        self.handle: asyncio.TimerHandle | None = None
 
 
 def _cancel(handle: asyncio.TimerHandle | None) -> None:

@@ -12,16 +12,28 @@ Options that belonged to the dropped addons are unknown here: ``--set`` with one
 
 mitmproxy internals used (the same in 11.0 and 12.x; ``tests/test_compat.py`` checks them):
 ``Master.__init__`` creating ``self.addons``, ``AddonManager`` (``chain``, ``_iter_hooks``, ``register``,
-``remove``, ``clear``, ``_configure_all``) and ``addonmanager.safecall``.
+``remove``, ``clear``, ``_configure_all``, ``handle_lifecycle``) and ``addonmanager.safecall``.
+
+Per hook, the dispatch does no more than it must: the hook's arguments are read once (mitmproxy reads them with
+``dataclasses.fields`` on every call), the ``update`` hook that mitmproxy sends after every flow hook is not
+even built when no addon implements it (none of nsp-proxy's do), and an addon's exception goes through
+mitmproxy's ``safecall`` only when there is one to log. The root logger's level follows ``termlog_verbosity``
+(mitmdump leaves it at DEBUG and lets the terminal log drop what it does not show), so a debug line below the
+verbosity costs one level check instead of a log record. mitmproxy's development-time type check of every
+field of every request and response it builds (``MessageData.__post_init__``, under ``if __debug__``, so what
+``python -O`` drops) is dropped too: about 7% of a proxied request, and nothing a client sends reaches it (the
+parser builds bytes and floats; nsp-proxy's own responses are built with ``Response.make``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from mitmproxy import addonmanager, exceptions, hooks, master, options
+from mitmproxy import addonmanager, exceptions, flow, hooks, http, master, options
 from mitmproxy.addons import (
     block,
     core,
@@ -85,19 +97,61 @@ class HookDispatch(addonmanager.AddonManager):
             self._handlers[event.name] = found
         return found
 
+    async def handle_lifecycle(self, event: hooks.Hook) -> None:
+        """mitmproxy's: the hook, then ``update`` for a flow hook; ``update`` only when someone listens."""
+        args = hook_args(event)
+        await self._dispatch(self.handlers(event), args)
+        if args and isinstance(args[0], flow.Flow):
+            update = hooks.UpdateHook([args[0]])
+            if self.handlers(update):
+                await self._dispatch(self.handlers(update), [[args[0]]])
+
     async def trigger_event(self, event: hooks.Hook) -> None:
         handlers = self.handlers(event)
-        if not handlers:
-            return
-        args = event.args()
+        if handlers:
+            await self._dispatch(handlers, hook_args(event))
+
+    @staticmethod
+    async def _dispatch(handlers: list[Callable[..., Any]], args: list[Any]) -> None:
+        """Call each handler as mitmproxy's ``invoke_addon`` does: an exception is logged by ``safecall`` (only
+        entered when there is one) and the next handler runs; ``AddonHalt`` ends the dispatch;
+        ``OptionsError`` propagates."""
         for func in handlers:
             try:
-                with addonmanager.safecall():
-                    result = func(*args)
-                    if result is not None and inspect.isawaitable(result):
-                        await result
+                result = func(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
             except exceptions.AddonHalt:
                 return
+            except exceptions.OptionsError:
+                raise
+            except Exception:  # logged as mitmproxy logs an addon's error; the next one runs
+                with addonmanager.safecall():
+                    raise
+
+
+_HOOK_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def hook_args(event: hooks.Hook) -> list[Any]:
+    """``event.args()`` with the field names looked up once per hook class."""
+    names = _HOOK_FIELDS.get(type(event))
+    if names is None:
+        names = _HOOK_FIELDS[type(event)] = tuple(f.name for f in dataclasses.fields(event))  # type: ignore[arg-type]
+    return [getattr(event, name) for name in names]
+
+
+def drop_debug_type_checks() -> bool:
+    """Replace mitmproxy's ``if __debug__:`` type check of request/response fields with a no-op (the dataclass
+    ``__init__`` still calls it). False when the mitmproxy in use has no such check (nothing to drop)."""
+    if http.MessageData.__dict__.get("__post_init__") in (None, _no_type_check):
+        return False
+    http.MessageData.__post_init__ = _no_type_check  # type: ignore[attr-defined]
+    return True
+
+
+def _no_type_check(self: Any) -> None:
+    """What ``MessageData.__post_init__`` is under ``python -O``."""
 
 
 class NspMaster(master.Master):
@@ -112,3 +166,13 @@ class NspMaster(master.Master):
         self.addons.add(termlog.TermLog(out=log_to))
         self.addons.add(*(make() for make in ESSENTIAL))
         self.addons.add(errorcheck.ErrorCheck())
+        self.options.changed.connect(self._follow_verbosity)
+        drop_debug_type_checks()
+        self._follow_verbosity({"termlog_verbosity"})
+
+    def _follow_verbosity(self, updated: set[str]) -> None:
+        """The root logger's level is ``termlog_verbosity``: what the terminal log would drop anyway is not even
+        made into a record (ErrorCheck looks at errors only, which every verbosity keeps)."""
+        if "termlog_verbosity" in updated:
+            level = logging.getLevelName(self.options.termlog_verbosity.upper())
+            logging.getLogger().setLevel(level if isinstance(level, int) else logging.DEBUG)

@@ -82,8 +82,8 @@ class OutboundGate:
         request = flow.request
         host = transparent.destination(self.lifecycle, flow.client_conn, request.host_header) or request.host
         facts = self._facts(runtime, flow.client_conn, host, request.port,
-                            "HTTPS" if request.scheme == "https" else "HTTP", host_header=request.host_header)
-        facts = replace(facts, named_hosts=named_hosts(request, in_tunnel=False))
+                            "HTTPS" if request.scheme == "https" else "HTTP", host_header=request.host_header,
+                            named_hosts=named_hosts(request, in_tunnel=False))
         operation = request_operation(request.method, request.scheme, host, request.port, request.path)
         decision = await self._decide(runtime, flow.client_conn, facts, operation, flow)
         address = self._pinned(flow.client_conn, facts)
@@ -211,13 +211,13 @@ class OutboundGate:
 
     @staticmethod
     def _facts(runtime: Runtime, client: connection.Client, host: str, port: int, protocol: str,
-               host_header: str | None = None) -> OutboundFacts:
+               host_header: str | None = None, named_hosts: tuple[tuple[str, str], ...] = ()) -> OutboundFacts:
         source_ip, source_port = client.peername[:2]
         source_ip = source_ip[7:] if source_ip.lower().startswith("::ffff:") and "." in source_ip else source_ip
         resource = attribute_outbound(runtime.policy, client.proxy_mode.custom_listen_port or 0, source_ip)
         return OutboundFacts(resource=resource, source_ip=source_ip, source_port=source_port,
                              destination_host=canonical_destination(host), destination_port=port, protocol=protocol,
-                             host_header=host_header)
+                             host_header=host_header, named_hosts=named_hosts)
 
     async def _decide(self, runtime: Runtime, client: connection.Client, facts: OutboundFacts,
                       operation: str, flow: http.HTTPFlow | None) -> Decision:
@@ -266,6 +266,8 @@ class OutboundGate:
         for table, key, value in ((self.pins, (host.lower(), port), address),
                                   (self.names, (address.lower(), port), host)):
             entries = table.setdefault(client.id, {})
+            if entries and next(reversed(entries)) == key and entries[key] == value:
+                continue  # already the most recent pin (a keep-alive connection to the same host)
             entries.pop(key, None)
             entries[key] = value
             while len(entries) > MAX_PINS_PER_CLIENT:

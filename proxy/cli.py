@@ -391,10 +391,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 class _ConnectionChatter:
     """Drops mitmproxy's per-connection lines ("client connect", "server disconnect 10.0.0.1:443", ...)
-    unless --verbose: at any load they bury what the operator needs to see."""
+    unless --verbose: at any load they bury what the operator needs to see. The gates stream every body (never
+    held in memory), so mitmproxy's "Streaming request to/response from ..." would be a line per request."""
 
     PREFIXES = ("client connect", "client disconnect", "client kill connection", "server connect ",
-                "server disconnect ")
+                "server disconnect ", "Streaming request to ", "Streaming response from ")
 
     def filter(self, record: Any) -> bool:
         return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIXES))
@@ -417,7 +418,7 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: 
     from addons.master import NspMaster
     from addons.nsp import make_addons
 
-    logging.getLogger().setLevel(logging.DEBUG)  # as mitmdump does; the terminal log filters by verbosity
+    logging.getLogger().setLevel(logging.DEBUG)  # as mitmdump does; NspMaster then follows termlog_verbosity
     for noisy in ("tornado", "asyncio", "hpack", "quic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:

@@ -69,3 +69,11 @@ class Decision:
     # The policy generation that made this decision: its record is built from it, never from a generation a
     # reload swapped in between the decision and the record (set by ``Runtime``; None for bare engine calls).
     policy: Policy | None = field(default=None, compare=False, repr=False)
+
+    def made_by(self, policy: Policy) -> Decision:
+        """This decision stamped with the policy that made it: ``dataclasses.replace(self, policy=policy)``
+        without re-running ``__init__`` over every field (it runs once per request)."""
+        stamped = object.__new__(Decision)
+        stamped.__dict__.update(self.__dict__)
+        stamped.__dict__["policy"] = policy
+        return stamped

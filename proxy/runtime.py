@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from proxy import addresses, preflight
@@ -111,7 +111,7 @@ class Runtime:
         started = time.perf_counter()
         decision = decide(policy, facts)
         self.metrics.decision_seconds[decision.direction].observe(time.perf_counter() - started)
-        return replace(decision, policy=policy)
+        return decision.made_by(policy)
 
     def record(self, decision: Decision, facts: InboundFacts | OutboundFacts, **details: Any) -> bool:
         """Queue the one access-log record of ``decision`` and count it (decision counters move with records,

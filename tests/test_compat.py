@@ -162,3 +162,15 @@ def test_addon_manager_has_what_the_hook_dispatch_overrides() -> None:
     assert "options.changed.connect(self._configure_all)" in inspect.getsource(manager.__init__)
     assert "requestheaders" in hooks.all_hooks and "update" in hooks.all_hooks
 
+
+
+def test_what_the_lean_dispatch_replaces_is_still_what_mitmproxy_does() -> None:
+    """HookDispatch.handle_lifecycle re-implements mitmproxy's (the hook, then UpdateHook for a flow hook);
+    NspMaster drops MessageData.__post_init__, mitmproxy's `if __debug__` type check, and reads hook arguments
+    from the hook's dataclass fields as Hook.args does. A change to any of these fails here."""
+    lifecycle = inspect.getsource(addonmanager.AddonManager.handle_lifecycle)
+    assert "hooks.UpdateHook([message])" in lifecycle and "isinstance(message, flow.Flow)" in lifecycle, lifecycle
+    assert "fields(self)" in inspect.getsource(hooks.Hook.args)
+    source = inspect.getsource(http.MessageData)
+    assert "if __debug__:" in source and "def __post_init__" in source and "check_option_type" in source
+    assert "__post_init__" not in vars(http.RequestData) and "__post_init__" not in vars(http.ResponseData)

@@ -720,3 +720,12 @@ def test_malformed_destination_is_a_plain_denial_not_an_error(policy: Policy) ->
     decision = outbound(policy, "storage", "bad..name")
     assert decision.error is None
     assert "invalid destination" in decision.reason
+
+
+def test_made_by_is_replace_with_the_policy(policy: Policy) -> None:
+    decision = decide_inbound(policy, InboundFacts(resource="nope", source_ip="192.0.2.1"))
+    stamped = decision.made_by(policy)
+    assert stamped == dataclasses.replace(decision, policy=policy) and stamped.policy is policy
+    assert decision.policy is None and stamped is not decision
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stamped.allowed = True  # type: ignore[misc]

@@ -7,14 +7,16 @@ what the e2e tests cannot see: which addons are loaded and that the dispatch cal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
 import pytest
-from mitmproxy import exceptions, hooks, options
+from mitmproxy import exceptions, hooks, http, options
 from mitmproxy.addons import default_addons, errorcheck, termlog
+from mitmproxy.test import tflow
 
-from addons.master import ESSENTIAL, HookDispatch, NspMaster
+from addons.master import ESSENTIAL, HookDispatch, NspMaster, _no_type_check, hook_args
 from addons.nsp import make_addons
 from tests.support import run_cli
 
@@ -106,3 +108,60 @@ def test_set_with_an_option_the_master_does_not_know_is_an_error(option: str) ->
     assert result.returncode == 2, result  # a refused argument (exit status: 2)
     assert "Unknown option" in result.stderr and option.split("=")[0] in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- the lean dispatch (issue 7): same results as mitmproxy's, less work --------------------------------------
+
+
+@pytest.mark.parametrize("hook", [pytest.param(h, id=name) for name, h in sorted(hooks.all_hooks.items())])
+def test_hook_args_are_what_mitmproxy_reads(hook: type[hooks.Hook]) -> None:
+    event = hook.__new__(hook)
+    for number, field in enumerate(dataclasses.fields(event)):  # type: ignore[arg-type]
+        event.__dict__[field.name] = f"value-{number}"
+    assert hook_args(event) == event.args()
+
+
+def test_update_hook_is_sent_only_to_addons_that_implement_it() -> None:
+    seen: list[str] = []
+
+    class Updates:
+        def requestheaders(self, flow: object) -> None:
+            seen.append("requestheaders")
+
+        def update(self, flows: list[object]) -> None:
+            seen.append(f"update {len(flows)}")
+
+    async def scenario() -> None:
+        master = master_with(Updates())
+        flow = tflow.tflow()
+        await master.addons.handle_lifecycle(hooks.all_hooks["requestheaders"](flow))
+        master.addons.remove(master.addons.get("updates"))
+        await master.addons.handle_lifecycle(hooks.all_hooks["requestheaders"](flow))
+
+    in_loop(scenario)
+    assert seen == ["requestheaders", "update 1"]
+
+
+def test_debug_type_checks_are_dropped_by_the_master_only() -> None:
+    """The internal relied on: mitmproxy's ``if __debug__`` field check of requests and responses."""
+    assert "__post_init__" in http.MessageData.__dict__
+    built()
+    assert http.MessageData.__post_init__ is _no_type_check
+    assert http.Request.make("GET", "http://example.com/").host == "example.com"
+
+
+def test_root_log_level_follows_termlog_verbosity() -> None:
+    async def scenario() -> list[int]:
+        master = master_with()
+        levels = [logging.getLogger().level]
+        master.options.update(termlog_verbosity="debug")
+        levels.append(logging.getLogger().level)
+        master.options.update(termlog_verbosity="warn")
+        levels.append(logging.getLogger().level)
+        return levels
+
+    before = logging.getLogger().level
+    try:
+        assert in_loop(scenario) == [logging.INFO, logging.DEBUG, logging.WARNING]
+    finally:
+        logging.getLogger().setLevel(before)
