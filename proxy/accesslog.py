@@ -60,7 +60,8 @@ def build_record(
     else:
         destination_resource, destination_fqdn = "", facts.destination_host
     description = decision.reason if not decision.error else f"{decision.reason}: {decision.error}"
-    protocol = LOG_PROTOCOLS.get(facts.protocol) or f"{facts.protocol}:TCP"
+    protocol = LOG_PROTOCOLS.get(facts.protocol) or (
+        facts.protocol if ":" in facts.protocol else f"{facts.protocol}:TCP")  # "DNS:UDP" stays as it is
     rule_type = RULE_TYPE_NONE if decision.category in PROXY_CATEGORIES else LOG_RULE_TYPES[decision.rule_type]
     matched = decision.matched_rule
     if (matched is None and decision.rule_type is RuleType.RESOURCE_RULES and compiled is not None

@@ -72,8 +72,9 @@ class DnsGate:
         if self._tcp:
             self._tcp.close()
 
-    async def answer(self, wire: bytes, peer: tuple[str, int]) -> bytes | None:
-        """The response to one query message (None: not a query we answer at all)."""
+    async def answer(self, wire: bytes, peer: tuple[str, int], transport: str = "UDP") -> bytes | None:
+        """The response to one query message (None: not a query we answer at all); ``transport`` (UDP or
+        TCP) is logged in the record's protocols (``DNS:UDP``)."""
         try:
             query = dns.message.from_wire(wire)
         except (dns.exception.DNSException, ValueError):
@@ -90,11 +91,11 @@ class DnsGate:
             response.set_rcode(dns.rcode.REFUSED)
             return response.to_wire()
         question = query.question[0]
-        await self._decide(runtime, question, peer, response)
+        await self._decide(runtime, question, peer, response, transport)
         return response.to_wire()
 
     async def _decide(self, runtime: Runtime, question: dns.rrset.RRset, peer: tuple[str, int],
-                      response: dns.message.Message) -> None:
+                      response: dns.message.Message, transport: str) -> None:
         qtype = dns.rdatatype.to_text(question.rdtype)
         raw = question.name.to_text(omit_final_dot=True)
         source_ip = peer[0][7:] if peer[0].lower().startswith("::ffff:") else peer[0]
@@ -105,7 +106,7 @@ class DnsGate:
         except ValueError:
             name = raw.lower() or "."
         facts = OutboundFacts(resource=resource, source_ip=source_ip, source_port=peer[1], destination_host=name,
-                              destination_port=53, protocol="DNS")
+                              destination_port=53, protocol=f"DNS:{transport}")
         decision = runtime.decide_outbound(facts)
         details = {PARAM_DNS_QTYPE: qtype}
         found: tuple[str, ...] = ()
@@ -140,7 +141,7 @@ class DnsGate:
                 if size > MAX_TCP_MESSAGE:
                     break
                 wire = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_SECONDS)
-                reply = await self.answer(wire, peer)
+                reply = await self.answer(wire, peer, "TCP")
                 if reply is None:
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)

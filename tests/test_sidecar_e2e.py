@@ -260,6 +260,7 @@ def test_dns_gate_nxdomain_without_upstream_query(enforced: Sidecar, server: str
     records = enforced.records("denied.test", dns=True)
     assert len(records) == 1 and records[0]["Category"] == "NspProxyDnsQueryDenied"
     assert records[0]["ResultAction"] == "Denied" and records[0]["DestinationPort"] == "53"
+    assert records[0]["DestinationProtocol"] == f"DNS:{transport.upper()}"
     assert enforced.dnsmasq.queries("denied.test") == 0
     _forget(enforced, "denied.test")
 
