@@ -146,7 +146,7 @@ BLOCKED_LITERALS = [
 @pytest.mark.parametrize("host", BLOCKED_LITERALS)
 def test_blocked_prefix_in_any_spelling_is_refused_in_every_mode(setup: Setup, host: str, mode: str,
                                                                   kind: str) -> None:
-    before = len(setup.proxy.records())
+    before = len(setup.proxy.settled_records())
     assert probe(setup.ports[mode], kind, host, setup.backend.port) == 403
     record = one_record(setup.proxy, before)
     assert (record["Category"], record["ResultAction"]) == (DENIED, "Denied"), record
@@ -169,7 +169,7 @@ def test_blocked_prefix_in_any_spelling_is_refused_in_every_mode(setup: Setup, h
 def test_dns_answer_in_a_blocked_prefix_is_refused_in_every_mode(setup: Setup, name: str, mode: str,
                                                                   kind: str) -> None:
     """An allowed name whose A or AAAA answer is (or carries, or is 0.0.0.0/:: for) a blocked address."""
-    before = len(setup.proxy.records())
+    before = len(setup.proxy.settled_records())
     assert probe(setup.ports[mode], kind, name, setup.backend.port) == 403
     record = one_record(setup.proxy, before)
     assert (record["Category"], record["ResultAction"], record["DestinationFqdn"]) == (DENIED, "Denied", name)
@@ -180,7 +180,7 @@ def test_dns_answer_in_a_blocked_prefix_is_refused_in_every_mode(setup: Setup, n
 
 
 def test_control_an_allowed_name_elsewhere_goes_through(setup: Setup) -> None:
-    before = len(setup.proxy.records())
+    before = len(setup.proxy.settled_records())
     assert probe(setup.ports["Enforced"], "http", "ok.allowed.test", setup.backend.port) == 200
     record = one_record(setup.proxy, before)
     assert (record["Category"], json.loads(record["DestinationParameters"])["resolvedAddress"]) == (
@@ -203,7 +203,7 @@ def test_own_forward_listener_or_metrics_port_is_refused(setup: Setup, host: str
     """No resource may reach a forward listener of this proxy (an Enforced one borrowing a Transition one) or
     its metrics port, by any spelling of its address or by a name resolving to one."""
     port = setup.proxy.metrics_port if target == "metrics" else setup.ports[target]
-    before = len(setup.proxy.records())
+    before = len(setup.proxy.settled_records())
     assert probe(setup.ports[mode], kind, host, port) == 403
     record = one_record(setup.proxy, before)
     assert (record["Category"], record["ResultAction"]) == (DENIED, "Denied"), record
@@ -224,7 +224,7 @@ def test_own_forward_listener_or_metrics_port_is_refused(setup: Setup, host: str
 ])
 def test_idn_is_decided_logged_and_resolved_as_its_a_label(setup: Setup, sent: str, logged: str,
                                                            kind: str) -> None:
-    before = len(setup.proxy.records())
+    before = len(setup.proxy.settled_records())
     probe(setup.ports["Enforced"], kind, sent, setup.backend.port)
     record = one_record(setup.proxy, before)
     assert (record["Category"], record["DestinationFqdn"]) == (ALLOWED, logged), record
@@ -240,7 +240,7 @@ def test_idn_is_decided_logged_and_resolved_as_its_a_label(setup: Setup, sent: s
 def test_curl_with_an_idn_url_is_decided_on_the_a_label(setup: Setup, url_host: str, logged: str,
                                                         mode: str) -> None:
     """curl (libidn2, UTS-46) sends the A-label of what the user typed; the rule matches it in any mode."""
-    before = len(setup.proxy.records())
+    before = len(setup.proxy.settled_records())
     environment = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     subprocess.run([require("curl", "apt-get install curl"), "-s", "-o", "/dev/null", "--max-time", "10",
                     "-x", f"http://127.0.0.1:{setup.ports[mode]}", f"http://{url_host}:{setup.backend.port}/curl"],
@@ -263,14 +263,14 @@ def test_canonicalised_destination_reaches_the_backend(setup: Setup, sent: str) 
 
 
 def test_ip_literal_in_another_spelling_reaches_the_backend_in_transition(setup: Setup) -> None:
-    before, hits = len(setup.proxy.records()), len(setup.backend.hits)
+    before, hits = len(setup.proxy.settled_records()), len(setup.backend.hits)
     assert probe(setup.ports["Learning"], "http", "2130706434", setup.backend.port) == 200  # 127.0.0.2
     assert one_record(setup.proxy, before)["DestinationFqdn"] == "127.0.0.2"
     assert len(setup.backend.hits) == hits + 1
 
 
 def test_tunnel_to_ip_literal_in_another_spelling_has_one_record(setup: Setup) -> None:
-    before = len(setup.proxy.records())
+    before = len(setup.proxy.settled_records())
     authority = f"2130706434:{setup.backend.port}"
     with socket.create_connection(("127.0.0.1", setup.ports["Learning"]), timeout=10) as sock:
         sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
@@ -290,7 +290,7 @@ def test_name_idna2008_rejects_is_denied_or_logged_with_one_record(setup: Setup,
                                                                    kind: str) -> None:
     """mitmproxy accepts these (IDNA2003); IDNA2008 does not. Enforced: 403. Transition: the would-deny
     record, then no address (the name is never looked up): 502, never a 500, and still one record."""
-    before = len(setup.proxy.records())
+    before = len(setup.proxy.settled_records())
     status = probe(setup.ports[mode], kind, sent, setup.backend.port)
     record = one_record(setup.proxy, before)
     assert record["DestinationFqdn"] == sent
@@ -311,7 +311,7 @@ def test_names_mitmproxy_cannot_decode_never_reach_dns_or_backend(setup: Setup, 
     """mitmproxy refuses these in the request line (400) before any hook; the record for such a refusal is
     written by the wire-hygiene addon (addons/wire.py, NspProxyRequestRefused), not by the outbound gate.
     ``a.b.allowed.test`` (what the fullwidth dot would map to) is never looked up."""
-    before = len(setup.proxy.records())
+    before = len(setup.proxy.settled_records())
     for mode in ("Enforced", "Learning"):
         assert probe(setup.ports[mode], "http", sent, setup.backend.port) == 400
     time.sleep(0.2)
