@@ -1,4 +1,4 @@
-"""mitmproxy addon: runs the sidecar's DNS gate (``proxy.dnsgate``) on ``settings.dnsGate`` beside the proxy.
+"""mitmproxy addon: runs the sidecar's DNS gate (``proxy.decision.dnsgate``) on ``settings.dnsGate`` beside the proxy.
 
 The gate is opened when the proxy is running and closed when it stops; the rules it applies are read from the
 runtime in force for each query, so a reload changes them at once (a changed ``dnsGate`` address needs a
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from addons.lifecycle import NspLifecycle
-from proxy.dnsgate import DnsGate
+from proxy.decision.dnsgate import DnsGate
 
 log = logging.getLogger("nsp-proxy")
 

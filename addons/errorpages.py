@@ -18,7 +18,7 @@ from mitmproxy import http
 from mitmproxy.net.http import status_codes
 from mitmproxy.net.http.http1 import assemble
 
-from proxy.denials import http_date
+from proxy.decision.denials import http_date
 
 TEXTS = {
     502: "nsp-proxy: the upstream could not be reached or closed the connection.\n",

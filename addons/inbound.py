@@ -18,10 +18,10 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from addons.failsafe import fail_closed_flow
 from addons.lifecycle import NspLifecycle
 from addons.outcome import record_request
-from proxy.claims import subscription_from_bearer
-from proxy.clientip import canonical_ip, effective_client_ip
-from proxy.decision import InboundFacts
-from proxy.denials import inbound_denial
+from proxy.decision.claims import subscription_from_bearer
+from proxy.decision.clientip import canonical_ip, effective_client_ip
+from proxy.decision.denials import inbound_denial
+from proxy.decision.facts import InboundFacts
 from proxy.model import Direction
 from proxy.runtime import Runtime
 

@@ -21,13 +21,13 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons import compat
-from proxy.config import load_config
+from proxy.config.errors import ConfigError
+from proxy.config.loader import load_config
 from proxy.demo_backend import DemoBackend
-from proxy.dnsmemory import AnswerMemory
-from proxy.errors import ConfigError
 from proxy.listeners import mitmproxy_modes
 from proxy.model import Direction
-from proxy.normalize import parse_endpoint
+from proxy.names.dnsmemory import AnswerMemory
+from proxy.names.normalize import parse_endpoint
 from proxy.runtime import Overrides, Runtime
 from proxy.startup import startup_lines
 

@@ -30,14 +30,14 @@ from addons.gatebits import Refuse, hostport, mitmproxy_decrypts, request_operat
 from addons.lifecycle import NspLifecycle
 from addons.outcome import record_request
 from addons.requesthosts import named_hosts
-from proxy.clienthello import looks_like_tls, server_name
-from proxy.decision import Decision, OutboundFacts
-from proxy.denials import outbound_denial
-from proxy.engine import attribute_outbound
-from proxy.hostport import same_host
+from proxy.decision.denials import outbound_denial
+from proxy.decision.engine import attribute_outbound
+from proxy.decision.facts import Decision, OutboundFacts
 from proxy.model import Direction
-from proxy.normalize import canonical_destination, ip_literal_address, is_ip_literal
-from proxy.resolver import ResolutionError
+from proxy.names.clienthello import looks_like_tls, server_name
+from proxy.names.hostport import same_host
+from proxy.names.normalize import canonical_destination, ip_literal_address, is_ip_literal
+from proxy.names.resolver import ResolutionError
 from proxy.runtime import Runtime
 
 log = logging.getLogger("nsp-proxy")
@@ -131,7 +131,7 @@ class OutboundGate:
 
     def _check_tunnel(self, nextlayer: layer.NextLayer) -> None:
         """The first bytes of an allowed tunnel. A TLS ClientHello's server name (read from the raw bytes,
-        ``proxy.clienthello``) must name the CONNECT host; one that is present but unreadable is a mismatch.
+        ``proxy.names.clienthello``) must name the CONNECT host; one that is present but unreadable is a mismatch.
         A ClientHello without a server name is let through: the tunnel's host was decided at CONNECT and
         the bytes can only go to its pinned address."""
         found = self.tunnels.get(nextlayer.context.client.id)

@@ -21,8 +21,8 @@ from typing import Any
 from mitmproxy import connection, http
 
 from addons import errorpages
-from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.denials import http_date
+from proxy.decision.denials import http_date
+from proxy.decision.facts import Decision, InboundFacts, OutboundFacts
 from proxy.runtime import Runtime
 
 PENDING = "nsp_pending_record"  # flow.metadata key: the Recorder holding this flow's deferred record

@@ -3,14 +3,14 @@
 A request can name a host in several places, and a server may act on any of them: the request target
 (``GET http://other.test/`` in HTTP/1.1, an HTTP/2 ``:path`` holding a full URL), the ``:authority``
 pseudo-header, and the ``Host`` header (possibly more than one). The gate checks each against the destination
-it decided (``proxy.hostport.same_host``); this module only collects them, as ``(what, value)`` pairs.
+it decided (``proxy.names.hostport.same_host``); this module only collects them, as ``(what, value)`` pairs.
 """
 
 from __future__ import annotations
 
 from mitmproxy import http
 
-from proxy.hostport import url_authority
+from proxy.names.hostport import url_authority
 
 
 def named_hosts(request: http.Request, *, in_tunnel: bool) -> tuple[tuple[str, str], ...]:

@@ -5,11 +5,11 @@ linux.original_addr``, the same in mitmproxy 11 and 12) and puts it in ``client.
 ``context.server.address``. The connection is decided by the outbound gate (``addons.outbound``) with the same
 rules, guards, pins and records as a forward-proxy request; what it is decided as:
 
-  TLS       the ClientHello's server name (read from the raw bytes, ``proxy.clienthello``); the connection is
+  TLS       the ClientHello's server name (read from the raw bytes, ``proxy.names.clienthello``); the connection is
             then passed through unread to the address the name resolved to, never to the original destination
   HTTP      each request by its Host header (``OutboundGate.requestheaders``), sent to the name's address
   other     (and TLS without a server name, HTTP without Host) the name the DNS gate last answered with the
-            original destination address (``proxy.dnsmemory``), else the address itself: an IP literal,
+            original destination address (``proxy.names.dnsmemory``), else the address itself: an IP literal,
             which Enforced denies
 
 A client naming an allowed host while dialling another address reaches the allowed host's address, not its own
@@ -26,9 +26,9 @@ from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.mode_specs import TransparentMode
 
 from addons.gatebits import Refuse, hostport
-from proxy.clienthello import looks_like_tls, server_name
-from proxy.hostport import parse_authority
-from proxy.normalize import is_ip_literal
+from proxy.names.clienthello import looks_like_tls, server_name
+from proxy.names.hostport import parse_authority
+from proxy.names.normalize import is_ip_literal
 
 if TYPE_CHECKING:
     from addons.lifecycle import NspLifecycle

@@ -3,7 +3,7 @@
 ``WireGuard`` runs before the gates. At ``requestheaders`` (and ``http_connect``) it refuses, with one
 ``NspProxyRequestRefused`` record and no rule consulted, what mitmproxy refused itself but still showed to the
 hooks (both Content-Length and Transfer-Encoding, a space before a colon, an invalid Content-Length) and what
-mitmproxy would forward but must not (``proxy.wire.check_head``: limits, obs-fold, PRI, two Authorization
+mitmproxy would forward but must not (``proxy.decision.wire.check_head``: limits, obs-fold, PRI, two Authorization
 headers). It then puts what is forwarded into one unambiguous form: origin-form targets on reverse listeners,
 no ``Upgrade: h2c``, and HTTP/2 requests framed as HTTP/1.1 (Content-Length or chunked) so that a body can never
 be read upstream as a request of its own. The gates then decide on exactly what will be sent.
@@ -26,12 +26,10 @@ from addons import early
 from addons.failsafe import REFUSED, fail_closed_flow
 from addons.inbound import NAMED_AUTHORITY, inbound_facts
 from addons.lifecycle import NspLifecycle
-from proxy.clientip import canonical_ip
-from proxy.decision import OutboundFacts
-from proxy.engine import attribute_outbound
-from proxy.model import Direction, Settings
-from proxy.runtime import Runtime
-from proxy.wire import (
+from proxy.decision.clientip import canonical_ip
+from proxy.decision.engine import attribute_outbound
+from proxy.decision.facts import OutboundFacts
+from proxy.decision.wire import (
     BAD_REQUEST,
     UPGRADE_COMPANIONS,
     Refusal,
@@ -40,6 +38,8 @@ from proxy.wire import (
     kept_upgrade,
     refusal_decision,
 )
+from proxy.model import Direction, Settings
+from proxy.runtime import Runtime
 
 log = logging.getLogger("nsp-proxy")
 

@@ -11,7 +11,7 @@ One run measures, in front of the same fast loopback backend and with the same l
   nsp-proxy forward  the same requests to an Enforced forward listener of the same nsp-proxy whose FQDN rule
                      allows the name (resolved by a tiny DNS responder of the benchmark, then pinned)
 
-and then the decision engine alone (``proxy.engine.decide_inbound`` with the same 200 prefixes).
+and then the decision engine alone (``proxy.decision.engine.decide_inbound`` with the same 200 prefixes).
 
 Throughput is requests/s over the measured window; latencies are per request, client side. Every response
 must be a 200 (anything else is counted as an error: a denial would make the proxy look fast). This is a
@@ -378,11 +378,11 @@ def summarize(target: str, connections: int, windows: list[Window]) -> LoadResul
 def engine_benchmark(rules: int, seconds: float) -> dict[str, Any]:
     """decide_inbound calls per second with the benchmark's 200-prefix profile, over a mix of callers."""
     sys.path.insert(0, str(REPO))
-    from proxy.accesslog import build_record, encode_record
-    from proxy.config import parse_config_text
-    from proxy.decision import InboundFacts
-    from proxy.engine import decide_inbound
-    from proxy.policy import compile_policy
+    from proxy.config.loader import parse_config_text
+    from proxy.decision.engine import decide_inbound
+    from proxy.decision.facts import InboundFacts
+    from proxy.policy.compiled import compile_policy
+    from proxy.records.accesslog import build_record, encode_record
 
     config = parse_config_text(yaml.safe_dump(perimeter_config(1, 2, rules)), "bench.yaml")
     policy = compile_policy(config, generation=1)

@@ -25,11 +25,11 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from proxy.accesslog import build_record  # noqa: E402
-from proxy.config import parse_config_text  # noqa: E402
-from proxy.decision import InboundFacts, OutboundFacts  # noqa: E402
-from proxy.engine import decide_inbound, decide_outbound  # noqa: E402
-from proxy.policy import compile_policy  # noqa: E402
+from proxy.config.loader import parse_config_text  # noqa: E402
+from proxy.decision.engine import decide_inbound, decide_outbound  # noqa: E402
+from proxy.decision.facts import InboundFacts, OutboundFacts  # noqa: E402
+from proxy.policy.compiled import compile_policy  # noqa: E402
+from proxy.records.accesslog import build_record  # noqa: E402
 
 STORE = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Storage/" \
         "storageAccounts/"

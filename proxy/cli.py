@@ -26,21 +26,21 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-from proxy import preflight
-from proxy.config import load_config
-from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.engine import decide_inbound, decide_outbound
-from proxy.errors import ConfigError
+from proxy.config import preflight
+from proxy.config.errors import ConfigError
+from proxy.config.loader import load_config
+from proxy.decision.engine import decide_inbound, decide_outbound
+from proxy.decision.facts import Decision, InboundFacts, OutboundFacts
 from proxy.listeners import mitmproxy_modes
 from proxy.model import Config
-from proxy.normalize import (
+from proxy.names.normalize import (
     canonical_destination,
     is_ip_literal,
     normalize_hostname,
     normalize_subscription,
     parse_endpoint,
 )
-from proxy.policy import Policy, compile_policy
+from proxy.policy.compiled import Policy, compile_policy
 from proxy.tools import commands as tools
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_DENIED = 0, 1, 2, 3
@@ -199,7 +199,7 @@ def _load(path: str | None) -> Config | None:
 
 def _machine_ok(config: Config, access_log: str, log_field: str, metrics: tuple[str, int] | None,
                 metrics_field: str) -> bool:
-    """What ``run`` needs from this machine beyond the file (``proxy.preflight``); refused like the file."""
+    """What ``run`` needs from this machine beyond the file (``proxy.config.preflight``); refused like the file."""
     problems = preflight.check_machine(config, access_log, log_field, metrics, metrics_field)
     if problems:
         print(f"nsp-proxy: configuration refused:\n{ConfigError(config.source, problems)}", file=sys.stderr)
@@ -337,8 +337,8 @@ def _destination(text: str) -> tuple[str, int]:
 
 
 def _print_decision(decision: Decision, facts: InboundFacts | OutboundFacts, policy: Any, as_json: bool) -> None:
-    from proxy.accesslog import build_record, perimeter_id
-    from proxy.logformats import diagnostic_record
+    from proxy.records.accesslog import build_record, perimeter_id
+    from proxy.records.logformats import diagnostic_record
     from proxy.telemetry import LOG_FORMAT_DIAGNOSTIC, LOG_RULE_TYPES
 
     record = build_record(decision, facts, policy)  # the record the proxy would log, in the configured format

@@ -16,17 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy import addresses, preflight
-from proxy.config import load_config
-from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.engine import decide_inbound, decide_outbound
-from proxy.errors import ConfigError, shorten
+from proxy.config import preflight
+from proxy.config.errors import ConfigError, shorten
+from proxy.config.loader import load_config
+from proxy.decision.engine import decide_inbound, decide_outbound
+from proxy.decision.facts import Decision, InboundFacts, OutboundFacts
 from proxy.gcpolicy import LongLived, building
-from proxy.indexes import PrefixIndex
 from proxy.model import Config
-from proxy.policy import Policy, compile_policy
-from proxy.recorder import Recorder
-from proxy.resolver import Resolver
+from proxy.names import addresses
+from proxy.names.resolver import Resolver
+from proxy.policy.compiled import Policy, compile_policy
+from proxy.policy.indexes import PrefixIndex
+from proxy.records.recorder import Recorder
 
 log = logging.getLogger("nsp-proxy")
 
@@ -49,7 +50,7 @@ class Runtime:
         self.policy: Policy = compile_policy(config, generation=1)
         self.trusted_proxies: PrefixIndex[bool] = _trusted(config)
         self.resolver = Resolver(config.settings)
-        from proxy.metrics import Metrics  # imported here: prometheus_client is only needed when running
+        from proxy.records.metrics import Metrics  # imported here: prometheus_client is only needed when running
 
         self.metrics = Metrics()
         settings = config.settings

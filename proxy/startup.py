@@ -3,7 +3,7 @@ serves, where records go and where the metrics are. Plain strings, so tests and 
 
 from __future__ import annotations
 
-from proxy.policy import Policy
+from proxy.policy.compiled import Policy
 
 
 def startup_lines(policy: Policy, access_log: str, metrics: tuple[str, int] | None) -> list[str]:

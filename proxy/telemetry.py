@@ -109,7 +109,7 @@ METRIC_LOG_ERRORS = "nsp_access_log_errors"  # label reason: LOG_ERROR_REASONS
 DECISION_LABELS = ("direction", "result", "category", "mode", "profile", "resource")
 WOULD_DENY_LABELS = ("direction", "mode", "profile", "resource")
 
-# Access-log reliability (proxy.logwriter): records dropped because the queue was full (Transition/Audit keep
+# Access-log reliability (proxy.records.logwriter): records dropped because the queue was full (Transition/Audit keep
 # serving) or still queued when the shutdown flush timed out; Enforced requests refused with 503 because their
 # record could not be taken; records waiting in the queue.
 METRIC_LOG_DROPPED = "nsp_access_log_dropped"

@@ -1,4 +1,4 @@
-"""proxy.addresses: every spelling of an address, the IPv4 inside IPv6, and what reaches this host."""
+"""proxy.names.addresses: every spelling of an address, the IPv4 inside IPv6, and what reaches this host."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import addresses
-from proxy.indexes import PrefixIndex
-from proxy.normalize import ip_literal_address, is_ip_literal
+from proxy.names import addresses
+from proxy.names.normalize import ip_literal_address, is_ip_literal
+from proxy.policy.indexes import PrefixIndex
 
 # -- spellings -----------------------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.arm_expressions import Deployment, ExpressionError, Scope, evaluate, is_expression
+from proxy.config.arm_expressions import Deployment, ExpressionError, Scope, evaluate, is_expression
 
 SCOPE = Scope(
     parameters={"nspName": {"type": "string", "defaultValue": "nsp1"},

@@ -17,9 +17,9 @@ import httpx
 import pytest
 import yaml
 
-from proxy.arm_functions import arm_guid, unique_string
-from proxy.config import load_config, parse_config_text
-from proxy.errors import ConfigError
+from proxy.config.arm_functions import arm_guid, unique_string
+from proxy.config.errors import ConfigError
+from proxy.config.loader import load_config, parse_config_text
 from proxy.model import AccessMode, Direction
 from tests.support import REPO, exactly, free_port, run_cli
 

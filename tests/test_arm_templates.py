@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.arm_expressions import MAX_COPY, Deployment, ExpressionError, Scope, evaluate
-from proxy.arm_functions import arm_guid, unique_string
-from proxy.config import parse_config_text
-from proxy.errors import ConfigError
+from proxy.config.arm_expressions import MAX_COPY, Deployment, ExpressionError, Scope, evaluate
+from proxy.config.arm_functions import arm_guid, unique_string
+from proxy.config.errors import ConfigError
+from proxy.config.loader import parse_config_text
 
 SCOPE = Scope(parameters={"items": {"type": "array", "defaultValue": ["a", "b"]},
                           "nothing": {"type": "array", "nullable": True}},

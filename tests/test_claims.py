@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from proxy.claims import subscription_from_bearer
+from proxy.decision.claims import subscription_from_bearer
 
 SUB = "11111111-2222-3333-4444-555555555555"
 

@@ -1,4 +1,4 @@
-"""proxy.clienthello: the SNI read from raw ClientHello bytes, including the forms mitmproxy's parser rejects."""
+"""proxy.names.clienthello: the SNI read from raw ClientHello bytes, including the forms mitmproxy's parser rejects."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.clienthello import MAX_HELLO, ServerName, looks_like_tls, server_name
+from proxy.names.clienthello import MAX_HELLO, ServerName, looks_like_tls, server_name
 
 
 def real_hello(name: str | None) -> bytes:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import load_config, parse_config_text
-from proxy.errors import ConfigError
+from proxy.config.errors import ConfigError
+from proxy.config.loader import load_config, parse_config_text
 from proxy.model import AccessMode, Config, Direction
 from tests.support import REPO, run_cli
 

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from proxy.cli import main
-from proxy.config import load_config, parse_config_text
-from proxy.errors import ConfigError
+from proxy.config.errors import ConfigError
+from proxy.config.loader import load_config, parse_config_text
 from proxy.listeners import mitmproxy_modes
-from proxy.policy import compile_policy
+from proxy.policy.compiled import compile_policy
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "config" / "examples"

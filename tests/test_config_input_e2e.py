@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import load_config
-from proxy.errors import ConfigError
+from proxy.config.errors import ConfigError
+from proxy.config.loader import load_config
 from tests.support import REPO, free_port, run_cli
 
 EXAMPLE_TEMPLATE = REPO / "config" / "examples" / "arm" / "nsp-template.json"

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from proxy import runtime as runtime_module
-from proxy.config import load_config
+from proxy.config.loader import load_config
 from proxy.gcpolicy import LongLived
 from proxy.runtime import Overrides, Runtime
 from proxy.telemetry import METRIC_RELOADS

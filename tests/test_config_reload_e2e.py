@@ -76,7 +76,7 @@ def _sighup_disposition_set(pid: int) -> bool:
 
 
 def _libyaml_loaded(pid: int) -> bool:
-    """The process has started importing nsp-proxy's own modules (proxy.config loads PyYAML's C extension)."""
+    """The process has started importing nsp-proxy's own modules (proxy.config.loader loads PyYAML's C extension)."""
     try:
         return "_yaml" in Path(f"/proc/{pid}/maps").read_text()
     except OSError:

@@ -18,7 +18,7 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from proxy.denials import APP_CONFIGURATION_PROBLEM, STORAGE_NSP_MESSAGE, inbound_denial
+from proxy.decision.denials import APP_CONFIGURATION_PROBLEM, STORAGE_NSP_MESSAGE, inbound_denial
 from tests.support import Azurite, Backend, RunningProxy, blob_connection_string, exactly, free_port
 from tests.test_inbound_e2e import OFFICE, prefix_rule, single, url_of
 
@@ -132,7 +132,7 @@ def test_app_configuration_denial_is_the_documented_problem(nsp_proxy: StartProx
     assert record["ResultAction"] == "Denied"
 
 
-# -- the other services' bodies (pure: proxy.denials) ------------------------------------------------------------
+# -- the other services' bodies (pure: proxy.decision.denials) ----------------------------------------------------
 
 OTHERS = [  # (resource provider, content type, JSON path to the code, code)
     pytest.param("microsoft.keyvault", "application/json; charset=utf-8", ("error", "innererror", "code"),

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import load_config, parse_config_text
+from proxy.config.loader import load_config, parse_config_text
 from proxy.sidecar import plan_from_config
 from tests.support import REPO
 

@@ -1,7 +1,7 @@
 """The decision engine: the evaluation ladder, each mode's outcome, outbound checks, fail-closed behaviour,
 immutability, the caller's effective address, and ``nsp-proxy explain``.
 
-Configurations are built with ``proxy.config.parse_config_text``, the same path a file takes.
+Configurations are built with ``proxy.config.loader.parse_config_text``, the same path a file takes.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from proxy.clientip import effective_client_ip
-from proxy.config import load_config, parse_config_text
-from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.engine import attribute_outbound, decide_inbound, decide_outbound
-from proxy.indexes import PrefixIndex
+from proxy.config.loader import load_config, parse_config_text
+from proxy.decision.clientip import effective_client_ip
+from proxy.decision.engine import attribute_outbound, decide_inbound, decide_outbound
+from proxy.decision.facts import Decision, InboundFacts, OutboundFacts
 from proxy.model import AccessMode, Direction
-from proxy.policy import Policy, compile_policy
+from proxy.policy.compiled import Policy, compile_policy
+from proxy.policy.indexes import PrefixIndex
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
 from tests.support import REPO, run_cli
 

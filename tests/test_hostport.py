@@ -1,4 +1,4 @@
-"""proxy.hostport: the one canonical form every host comparison uses (Host header, :authority, target, SNI)."""
+"""proxy.names.hostport: the one canonical form every host comparison uses (Host header, :authority, target, SNI)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.hostport import canonical_host, parse_authority, same_host, url_authority
+from proxy.names.hostport import canonical_host, parse_authority, same_host, url_authority
 
 DEST = "allowed.test"
 

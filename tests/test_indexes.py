@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from proxy.indexes import FqdnIndex, PrefixIndex
+from proxy.policy.indexes import FqdnIndex, PrefixIndex
 
 
 def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -165,7 +165,7 @@ def test_fqdn_wildcard_and_apex_together() -> None:
 
 
 def test_fqdn_index_expects_normalised_names() -> None:
-    """Normalising is the caller's job (proxy.normalize.normalize_hostname); the index compares exactly."""
+    """Normalising is the caller's job (proxy.names.normalize.normalize_hostname); the index compares exactly."""
     index = FqdnIndex([("example.com", "x")])
     assert index.lookup("Example.com") is None
     assert index.lookup("example.com.") is None

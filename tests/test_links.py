@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import parse_config_text
-from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.engine import decide_inbound, decide_outbound
-from proxy.errors import ConfigError
+from proxy.config.errors import ConfigError
+from proxy.config.loader import parse_config_text
+from proxy.decision.engine import decide_inbound, decide_outbound
+from proxy.decision.facts import Decision, InboundFacts, OutboundFacts
 from proxy.model import Direction
-from proxy.policy import Policy, compile_policy
+from proxy.policy.compiled import Policy, compile_policy
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
 from tests.support import run_cli
 

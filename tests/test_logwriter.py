@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.accesslog import encode_record, timestamp
-from proxy.logwriter import AccessLogWriter
+from proxy.records.accesslog import encode_record, timestamp
+from proxy.records.logwriter import AccessLogWriter
 
 
 @given(st.text())

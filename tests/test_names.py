@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config import parse_config_text
-from proxy.errors import ConfigError
-from proxy.normalize import canonical_destination, is_ip_literal, normalize_fqdn_rule, normalize_hostname
+from proxy.config.errors import ConfigError
+from proxy.config.loader import parse_config_text
+from proxy.names.normalize import canonical_destination, is_ip_literal, normalize_fqdn_rule, normalize_hostname
 
 FULLWIDTH_LOOPBACK = "\uff11\uff12\uff17.\uff10.\uff10.\uff11"  # 127.0.0.1 in fullwidth digits
 LONG_LABEL = "a" * 64

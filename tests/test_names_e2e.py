@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from proxy import addresses
+from proxy.names import addresses
 from tests.support import (
     Backend,
     Dnsmasq,

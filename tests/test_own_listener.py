@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.config import parse_config_text
-from proxy.decision import OutboundFacts
-from proxy.engine import decide_outbound
+from proxy.config.loader import parse_config_text
+from proxy.decision.engine import decide_outbound
+from proxy.decision.facts import OutboundFacts
 from proxy.runtime import Overrides, Runtime
 
 REVERSE, FORWARD, METRICS, WILD = 18001, 18002, 18003, 18004

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from proxy.aggregation import Aggregator
-from proxy.config import load_config
-from proxy.decision import InboundFacts, OutboundFacts
-from proxy.logformats import diagnostic_record
+from proxy.config.loader import load_config
+from proxy.decision.facts import InboundFacts, OutboundFacts
+from proxy.records.aggregation import Aggregator
+from proxy.records.logformats import diagnostic_record
 from proxy.runtime import Overrides, Runtime
 
 STRING, INT = str, int
@@ -111,7 +111,7 @@ RECORDS = [
 def test_every_record_has_the_table_columns_in_their_types(tmp_path: Path, mode: str, call: tuple[str, Any],
                                                             expected: dict[str, Any]) -> None:
     (record,) = records_of(tmp_path, mode, [call])
-    assert list(record)[:3] == ["TimeGenerated", "TimeGeneratedEndTime", "Count"]  # proxy.aggregation's key
+    assert list(record)[:3] == ["TimeGenerated", "TimeGeneratedEndTime", "Count"]  # proxy.records.aggregation's key
     assert set(record) == set(COLUMNS)
     assert {k: type(v) for k, v in record.items()} == COLUMNS
     for column, allowed in VALUES.items():

@@ -17,10 +17,10 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
-from proxy.config import parse_config_text
-from proxy.errors import ConfigError
+from proxy.config.errors import ConfigError
+from proxy.config.loader import parse_config_text
 from proxy.model import Settings
-from proxy.resolver import ResolutionError, Resolver
+from proxy.names.resolver import ResolutionError, Resolver
 
 
 @dataclass

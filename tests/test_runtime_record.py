@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import load_config
-from proxy.decision import OutboundFacts
+from proxy.config.loader import load_config
+from proxy.decision.facts import OutboundFacts
 from proxy.runtime import Overrides, Runtime
 
 TEMPLATE = """

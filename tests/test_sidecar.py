@@ -14,11 +14,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config import parse_config_text
-from proxy.dnsmemory import AnswerMemory
-from proxy.errors import ConfigError
+from proxy.config.errors import ConfigError
+from proxy.config.loader import parse_config_text
 from proxy.listeners import mitmproxy_modes
-from proxy.policy import compile_policy
+from proxy.names.dnsmemory import AnswerMemory
+from proxy.policy.compiled import compile_policy
 from proxy.sidecar import SidecarPlan, plan_from_config, ruleset
 from tests.support import RunningProxy, free_port, wait_until
 
@@ -162,7 +162,7 @@ def test_healthz_reports_generation_and_listeners(nsp_proxy: Callable[..., Runni
 def _gate_answer(wire: bytes) -> bytes | None:
     import asyncio
 
-    from proxy.dnsgate import DnsGate
+    from proxy.decision.dnsgate import DnsGate
 
     return asyncio.run(DnsGate(lambda: None, AnswerMemory()).answer(wire, ("10.0.0.1", 5353)))
 

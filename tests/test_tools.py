@@ -15,11 +15,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.accesslog import build_record
-from proxy.config import parse_config_text
-from proxy.decision import InboundFacts, OutboundFacts
-from proxy.engine import decide_inbound, decide_outbound
-from proxy.policy import compile_policy
+from proxy.config.loader import parse_config_text
+from proxy.decision.engine import decide_inbound, decide_outbound
+from proxy.decision.facts import InboundFacts, OutboundFacts
+from proxy.policy.compiled import compile_policy
+from proxy.records.accesslog import build_record
 from proxy.tools import aggregate
 from proxy.tools.common import Evidence
 from proxy.tools.logread import entry_from, parse_line, read_entries
@@ -322,7 +322,7 @@ def test_any_record_shape_is_read_or_refused_never_raises(data: dict[str, Any]) 
 def test_a_record_in_the_diagnostic_shape_reads_like_the_flat_one() -> None:
     """``settings.accessLogFormat: diagnostic`` nests the caller and target in ``Source``/``Destination``: the
     tools read such a line exactly as the flat NSPAccessLogs line it was made from."""
-    from proxy.logformats import diagnostic_record
+    from proxy.records.logformats import diagnostic_record
     from proxy.telemetry import Field
     from proxy.tools.logread import entry_from
 

@@ -9,12 +9,12 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.clientip import canonical_ip, effective_client_ip, parse_hop
-from proxy.config import parse_config_text
-from proxy.errors import ConfigError
-from proxy.indexes import PrefixIndex
+from proxy.config.errors import ConfigError
+from proxy.config.loader import parse_config_text
+from proxy.decision.clientip import canonical_ip, effective_client_ip, parse_hop
+from proxy.decision.wire import check_head, kept_connection, kept_upgrade
 from proxy.model import Settings
-from proxy.wire import check_head, kept_connection, kept_upgrade
+from proxy.policy.indexes import PrefixIndex
 
 SETTINGS = Settings()
 HOST = [(b"Host", b"x")]

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from proxy.config import load_config
-from proxy.errors import ConfigError
+from proxy.config.errors import ConfigError
+from proxy.config.loader import load_config
 from proxy.model import Config
 from proxy.tools import replay, suggest, suggest_output
 from proxy.tools.common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_WOULD_DENY

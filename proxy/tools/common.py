@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.engine import decide_inbound, decide_outbound
-from proxy.policy import Policy
+from proxy.decision.engine import decide_inbound, decide_outbound
+from proxy.decision.facts import Decision, InboundFacts, OutboundFacts
+from proxy.policy.compiled import Policy
 from proxy.tools.logread import Entry
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_WOULD_DENY = 0, 1, 2, 3

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from proxy.telemetry import Category, Field
 
 MAX_LINE = 1 << 20  # bytes: a longer line is not a record nsp-proxy wrote (and would cost unbounded memory)
-REFUSED_EVERYWHERE = "refused in every mode"  # ResultDescription of nsp-proxy's own guards (proxy.engine)
+REFUSED_EVERYWHERE = "refused in every mode"  # ResultDescription of nsp-proxy's own guards (proxy.decision.engine)
 PROXY_REFUSED = "NspProxyRequestRefused"  # wire-hygiene refusals (CONTRACTS.md): never a rule's business
 _DENIED_CATEGORIES = {Category.PUBLIC_INBOUND_PERIMETER_DENIED.value, Category.PUBLIC_OUTBOUND_PERIMETER_DENIED.value}
 _TRANSITION_CATEGORIES = {Category.PUBLIC_INBOUND_RESOURCE_ALLOWED.value, Category.PUBLIC_INBOUND_RESOURCE_DENIED.value,
@@ -175,7 +175,7 @@ def _flatten(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(properties, dict) or Field.CATEGORY.value in data:
         return data
     flat = {_pascal(k): v for k, v in properties.items() if not isinstance(v, dict) or _pascal(k) not in _NESTED}
-    for side in _NESTED:  # {"Source": {"IpAddress": ...}} -> "SourceIpAddress" (proxy.logformats writes this)
+    for side in _NESTED:  # {"Source": {"IpAddress": ...}} -> "SourceIpAddress" (proxy.records.logformats writes this)
         nested = properties.get(side) or properties.get(side.lower())
         if isinstance(nested, dict):
             flat.update({f"{side}{_pascal(k)}": v for k, v in nested.items()})

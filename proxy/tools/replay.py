@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.decision import Decision
+from proxy.decision.facts import Decision
 from proxy.model import Config
-from proxy.policy import compile_policy
+from proxy.policy.compiled import compile_policy
 from proxy.tools.common import association_of, decide
 from proxy.tools.logread import Entry
 

@@ -14,11 +14,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from proxy.config import MAX_RULE_ELEMENTS_PER_PROFILE
-from proxy.decision import Decision
+from proxy.config.loader import MAX_RULE_ELEMENTS_PER_PROFILE
+from proxy.decision.facts import Decision
 from proxy.model import Config
-from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription
-from proxy.policy import Policy, compile_policy
+from proxy.names.normalize import is_ip_literal, normalize_hostname, normalize_subscription
+from proxy.policy.compiled import Policy, compile_policy
 from proxy.tools import aggregate
 from proxy.tools.common import Evidence, association_of, decide
 from proxy.tools.logread import Entry

@@ -13,8 +13,8 @@ import re
 
 import idna
 
-from proxy import addresses
 from proxy.model import IPNetwork
+from proxy.names import addresses
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LDH = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -163,7 +163,7 @@ def normalize_fqdn_rule(value: str) -> str:
 def is_ip_literal(host: str) -> bool:
     """True for IP literals in every spelling a resolver accepts (``[::1]``, ``fe80::1%eth0``, ``127.1``,
     ``0x7f.0.0.1``, ``2130706433``, ``127.0.0.1.``) and for hosts that only look like one (``1.2.3.4.5``): those
-    are never looked up as names. See ``proxy.addresses.is_literal``."""
+    are never looked up as names. See ``proxy.names.addresses.is_literal``."""
     return addresses.is_literal(host)
 
 

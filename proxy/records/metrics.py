@@ -14,7 +14,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy import telemetry as t
-from proxy.decision import Decision
+from proxy.decision.facts import Decision
 from proxy.model import AccessMode
 
 prometheus_client.disable_created_metrics()
@@ -93,8 +93,8 @@ class Metrics:
         return decided, would_deny
 
     def serve(self, host: str, port: int, health: Any = None) -> None:
-        """Serve /metrics (and /healthz from ``health``, see ``proxy.health``) on ``host:port``."""
-        from proxy.health import start_server
+        """Serve /metrics (and /healthz from ``health``, see ``proxy.records.health``) on ``host:port``."""
+        from proxy.records.health import start_server
 
         with self._lock:
             if self._server is None:

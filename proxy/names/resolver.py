@@ -29,10 +29,10 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from proxy import addresses
-from proxy.indexes import PrefixIndex
 from proxy.model import Settings
-from proxy.normalize import normalize_hostname
+from proxy.names import addresses
+from proxy.names.normalize import normalize_hostname
+from proxy.policy.indexes import PrefixIndex
 
 log = logging.getLogger("nsp-proxy")
 
@@ -70,7 +70,7 @@ class Resolver:
 
     def usable(self, found: tuple[str, ...]) -> tuple[str, ...]:
         """The addresses outside ``blockedDestinationPrefixes``, in the order given. Each is checked in every
-        form it reaches (``proxy.addresses.forms``): the IPv4 inside an IPv4-mapped, NAT64, 6to4 or Teredo
+        form it reaches (``proxy.names.addresses.forms``): the IPv4 inside an IPv4-mapped, NAT64, 6to4 or Teredo
         AAAA answer, and loopback for ``0.0.0.0``/``::``. Text that is no address is never usable."""
         if not self._blocked:
             return found

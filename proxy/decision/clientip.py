@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from proxy.indexes import PrefixIndex
+from proxy.policy.indexes import PrefixIndex
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

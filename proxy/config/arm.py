@@ -6,8 +6,8 @@ resource ID -> ``local`` block); alone, it is enough to validate and explain. Th
 document the native YAML gives, plus a map from its paths back to the ARM file's paths so that errors point at
 the line the user wrote.
 
-Templates are walked as a deployment would walk them (``proxy.arm_template``: classic and languageVersion 2.0,
-copy loops, conditions, nested deployments) and their expressions evaluated (``proxy.arm_expressions``):
+Templates are walked as a deployment would walk them (``proxy.config.arm_template``: classic and languageVersion 2.0,
+copy loops, conditions, nested deployments) and their expressions evaluated (``proxy.config.arm_expressions``):
 parameters (the values given with ``armParameters``, else their ``defaultValue``) and the functions NSP templates
 use. Others are reported, not guessed. Resources of other types are skipped unread. Child types: profiles,
 access rules, resource associations, links, link references and the logging configuration are read; diagnostic
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.arm_expressions import Deployment, is_expression
-from proxy.arm_template import NSP_TYPE, TemplateWalker, is_nsp, top_scope
-from proxy.configfile import parse_json, read_text
-from proxy.errors import ConfigError, Problem
+from proxy.config.arm_expressions import Deployment, is_expression
+from proxy.config.arm_template import NSP_TYPE, TemplateWalker, is_nsp, top_scope
+from proxy.config.errors import ConfigError, Problem
+from proxy.config.files import parse_json, read_text
 
 BINDINGS_FILE = ""  # Problem.source of problems in the YAML file that holds the bindings: rendered as that file
 # child type -> the list it goes to under the native perimeter ("loggingConfiguration" is one object)

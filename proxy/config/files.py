@@ -28,7 +28,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import Node
 from yaml.resolver import Resolver
 
-from proxy.errors import ConfigError, Problem
+from proxy.config.errors import ConfigError, Problem
 from proxy.gcpolicy import building
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # a 10,000-rule configuration is under 1 MiB

@@ -20,8 +20,8 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from proxy.arm_expressions import Deployment, ExpressionError, Scope, check_count, evaluate_value, is_expression
-from proxy.errors import Problem
+from proxy.config.arm_expressions import Deployment, ExpressionError, Scope, check_count, evaluate_value, is_expression
+from proxy.config.errors import Problem
 
 NSP_TYPE = "microsoft.network/networksecurityperimeters"
 DEPLOYMENTS = "microsoft.resources/deployments"

@@ -4,7 +4,7 @@ The record path runs once per request on the event loop, so it is kept lean: fie
 computed once (no ``Enum.value`` lookups per record), the seconds part of the timestamp is formatted once per
 second, and lines are encoded with orjson when it is installed (valid UTF-8 JSON, control characters escaped)
 with the standard library as the fallback (and for text orjson refuses: lone surrogates from request bytes that
-were not UTF-8 are written as ``\\udcXX`` escapes). Writing is ``proxy.logwriter``'s job, off the event loop.
+were not UTF-8 are written as ``\\udcXX`` escapes). Writing is ``proxy.records.logwriter``'s job, off the event loop.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.policy import Policy
+from proxy.decision.facts import Decision, InboundFacts, OutboundFacts
+from proxy.policy.compiled import Policy
 from proxy.telemetry import (
     LOG_PROTOCOLS,
     LOG_RULE_TYPES,
@@ -49,7 +49,7 @@ def build_record(
     destination_parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One NSPAccessLogs record: every column of the table, in the table's types (ports are strings, protocols
-    ``App:Transport``). Count 1: ``proxy.aggregation`` merges equal records when aggregation is on."""
+    ``App:Transport``). Count 1: ``proxy.records.aggregation`` merges equal records when aggregation is on."""
     stamp = timestamp() if when is None else _format_datetime(when)
     compiled = policy.association(decision.resource)
     resource_id = compiled.association.resource_id if compiled else ""

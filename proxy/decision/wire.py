@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy.decision import Decision
+from proxy.decision.facts import Decision
 from proxy.model import Direction, Settings
-from proxy.policy import Policy
+from proxy.policy.compiled import Policy
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
 
 BAD_REQUEST = 400

@@ -9,7 +9,7 @@ from proxy.model import AccessMode, Direction
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
 
 if TYPE_CHECKING:
-    from proxy.policy import Policy
+    from proxy.policy.compiled import Policy
 
 
 @dataclass(frozen=True)

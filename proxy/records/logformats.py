@@ -1,9 +1,9 @@
 """The diagnostic-settings shape of an access-log record (``settings.accessLogFormat: diagnostic``).
 
 Azure writes NSP access logs in two shapes: the NSPAccessLogs table of a Log Analytics workspace (flat
-columns: ``proxy.accesslog.build_record``), and the JSON that diagnostic settings send to a storage account or an
-event hub: Azure Monitor's resource-log common schema, with ``resourceId`` the perimeter's, the common fields
-at the top level (``time``, ``timeGeneratedEndTime``, ``count``, ``location``, ``operationName``,
+columns: ``proxy.records.accesslog.build_record``), and the JSON that diagnostic settings send to a storage
+account or an event hub: Azure Monitor's resource-log common schema, with ``resourceId`` the perimeter's, the
+common fields at the top level (``time``, ``timeGeneratedEndTime``, ``count``, ``location``, ``operationName``,
 ``operationVersion``, ``category``, ``resultDescription``) and the NSP fields in ``properties``, with the
 caller in ``properties.Source``, the target in ``properties.Destination`` and ``MatchedRule`` as an object
 (network-security-perimeter-diagnostic-logs; the AI Search page shows ``"MatchedRule": {"AccessRule": ...},

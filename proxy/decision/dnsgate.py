@@ -4,8 +4,8 @@ Each query is decided like an outbound request to the queried name (protocol ``D
 ``outboundSourcePrefixes`` of the transparent listener) and gets exactly one record, with an nsp-proxy category:
 ``NspProxyDnsQueryAllowed`` or ``NspProxyDnsQueryDenied``.
 
-  allowed      A/AAAA resolved with the configured nameservers (``proxy.resolver``, TTL-cached, addresses in
-               blockedDestinationPrefixes dropped) and answered; the answers are remembered (``proxy.dnsmemory``)
+  allowed      A/AAAA resolved with the configured nameservers (``proxy.names.resolver``, TTL-cached, addresses in
+               blockedDestinationPrefixes dropped) and answered; the answers are remembered (``proxy.names.dnsmemory``)
                so a transparent connection to one of them without SNI/Host is attributed to the name. Other
                query types are answered with no records (NOERROR, no data): nothing is asked upstream.
   Enforced     a name no rule allows gets NXDOMAIN and is never looked up anywhere (the query cannot carry
@@ -34,12 +34,12 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from proxy import addresses
-from proxy.decision import Decision, OutboundFacts
-from proxy.dnsmemory import AnswerMemory
-from proxy.engine import attribute_outbound
-from proxy.normalize import canonical_destination
-from proxy.resolver import ResolutionError
+from proxy.decision.engine import attribute_outbound
+from proxy.decision.facts import Decision, OutboundFacts
+from proxy.names import addresses
+from proxy.names.dnsmemory import AnswerMemory
+from proxy.names.normalize import canonical_destination
+from proxy.names.resolver import ResolutionError
 from proxy.telemetry import PARAM_DNS_ANSWERS, PARAM_DNS_QTYPE, PARAM_DNS_RCODE, Category
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ Templates name children with ``[concat(parameters('nspName'), '/', 'profile1')]`
 Supported: string and number literals, ``parameters()`` (the deployment's value, else the ``defaultValue``, else
 null for a ``nullable`` one), ``variables()`` (with ``copy`` loops), ``copyIndex()``, ``format()``, ``resourceId()``,
 ``subscriptionResourceId()``, ``subscription()``, ``resourceGroup()``, ``deployment()``, ``tenant()``, ``if()``
-(only the chosen branch is evaluated, as in ARM) and the pure functions of ``proxy.arm_functions`` (concat,
+(only the chosen branch is evaluated, as in ARM) and the pure functions of ``proxy.config.arm_functions`` (concat,
 uniqueString, guid, toLower, coalesce, tryGet, union, length, contains, ...). Anything else (``reference()``,
 ``list*()``: values only a live deployment knows) is reported as unsupported rather than guessed.
 """
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy import arm_functions
+from proxy.config import arm_functions
 from proxy.model import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION
 
 _TOKEN = re.compile(

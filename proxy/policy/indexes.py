@@ -13,8 +13,8 @@ from typing import Generic, TypeVar
 
 import netaddr
 
-from proxy import addresses
 from proxy.model import IPNetwork
+from proxy.names import addresses
 
 V = TypeVar("V")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address | netaddr.IPAddress
@@ -26,7 +26,7 @@ class PrefixIndex(Generic[V]):
     A lookup folds an IPv4-mapped address (``::ffff:10.0.0.1``) to its IPv4 address, which is the same socket
     address. It does not unwrap NAT64, 6to4 or Teredo: those are other addresses on the wire, and for the
     allow-lists this index serves (address rules, trusted proxies, source prefixes) unwrapping would widen
-    access. Destination guards check every form themselves (``proxy.addresses.forms``, ``lookup_any``).
+    access. Destination guards check every form themselves (``proxy.names.addresses.forms``, ``lookup_any``).
     """
 
     def __init__(self, entries: Iterable[tuple[IPNetwork, V]] = ()):
@@ -82,7 +82,7 @@ class FqdnIndex(Generic[V]):
         return bool(self._exact or self._wildcard)
 
     def lookup(self, host: str) -> V | None:
-        """``host`` must already be normalised (``proxy.normalize.normalize_hostname``)."""
+        """``host`` must already be normalised (``proxy.names.normalize.normalize_hostname``)."""
         value = self._exact.get(host)
         if value is not None or not self._wildcard:
             return value

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from proxy import addresses
+from proxy.names import addresses
 
 DEFAULT_TTL = 300.0  # seconds an entry is kept when the answer's TTL is not known
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from proxy import addresses
-from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.hostport import same_host
+from proxy.decision.facts import Decision, InboundFacts, OutboundFacts
 from proxy.model import AccessMode, Association, Direction, Perimeter
-from proxy.normalize import is_ip_literal, normalize_hostname, normalize_subscription
-from proxy.policy import CompiledAssociation, Policy
+from proxy.names import addresses
+from proxy.names.hostport import same_host
+from proxy.names.normalize import is_ip_literal, normalize_hostname, normalize_subscription
+from proxy.policy.compiled import CompiledAssociation, Policy
 from proxy.telemetry import Category, ResultAction, RuleType, TrafficType
 
 
@@ -285,7 +285,7 @@ def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address 
 
 def _member_endpoint(policy: Policy, host: str, port: int) -> Association | None:
     """The member whose own listener ``host:port`` is, in any spelling of the address (``::ffff:127.0.0.1``,
-    ``2130706433``); listener keys are canonical (``proxy.policy``)."""
+    ``2130706433``); listener keys are canonical (``proxy.policy.compiled``)."""
     try:
         address = addresses.parse(host)
     except ValueError:

@@ -3,7 +3,7 @@
 ``record`` builds, encodes and queues a record at once (denials, tunnels). An allowed HTTP request's record is
 ``defer``-red instead and ``complete``-d when the request's outcome is known (the upstream's status, or the
 502/504 the proxy answered), so that it is still one record and it says what happened; pending records are
-written at shutdown too. Nothing here blocks: the writer thread does the I/O (``proxy.logwriter``).
+written at shutdown too. Nothing here blocks: the writer thread does the I/O (``proxy.records.logwriter``).
 
 A perimeter's logging configuration (``enabledLogCategories``) filters here, after the decision is counted and
 before the record is built: a category it does not enable is not written (``category_enabled``).
@@ -14,8 +14,8 @@ one of ``nsp_access_log_records_total`` (written), ``nsp_access_log_errors_total
 line counts as the Count records it stands for.
 
 Shape (``settings.accessLogFormat``): the NSPAccessLogs table's columns, or the diagnostic-settings JSON
-(``proxy.logformats``). With ``settings.accessLogAggregation`` on, built records go through
-``proxy.aggregation`` first and are formatted and queued when their window ends.
+(``proxy.records.logformats``). With ``settings.accessLogAggregation`` on, built records go through
+``proxy.records.aggregation`` first and are formatted and queued when their window ends.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import threading
 import time
 from typing import Any
 
-from proxy.accesslog import build_record, encode_record, perimeter_id
-from proxy.aggregation import Aggregator
-from proxy.decision import Decision, InboundFacts, OutboundFacts
-from proxy.logformats import diagnostic_record
-from proxy.logwriter import DEFAULT_FLUSH_TIMEOUT, DEFAULT_QUEUE_SIZE, AccessLogWriter
+from proxy.decision.facts import Decision, InboundFacts, OutboundFacts
 from proxy.model import AccessMode, Settings
-from proxy.policy import Policy
+from proxy.policy.compiled import Policy
+from proxy.records.accesslog import build_record, encode_record, perimeter_id
+from proxy.records.aggregation import Aggregator
+from proxy.records.logformats import diagnostic_record
+from proxy.records.logwriter import DEFAULT_FLUSH_TIMEOUT, DEFAULT_QUEUE_SIZE, AccessLogWriter
 from proxy.telemetry import LOG_FORMAT_DIAGNOSTIC, PARAM_UPSTREAM_ERROR, PARAM_UPSTREAM_STATUS, Category
 
 log = logging.getLogger("nsp-proxy")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.normalize import ip_literal_address, is_ip_literal, normalize_hostname
+from proxy.names.normalize import ip_literal_address, is_ip_literal, normalize_hostname
 
 # reg-name characters a host may use (RFC 3986 unreserved minus '~', plus the dot); anything else (userinfo '@',
 # spaces, '/', '%', '\\', control characters) makes the value something other than a host.

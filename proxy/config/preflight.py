@@ -14,7 +14,7 @@ import socket
 import stat
 from collections.abc import Iterable
 
-from proxy.errors import Problem
+from proxy.config.errors import Problem
 from proxy.model import Config
 
 Endpoint = tuple[str, int]

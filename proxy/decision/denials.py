@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
 
-from proxy.decision import Decision
+from proxy.decision.facts import Decision
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Two ways in, one way through: the native YAML (flat Azure property names; ARM's ``properties:`` wrapper is
 lifted), or an ARM template/export referenced by ``arm:`` with ``bindings:`` for the local endpoints (see
-``proxy.arm``). Both become the same plain document, which is checked first against the JSON Schema in
+``proxy.config.arm``). Both become the same plain document, which is checked first against the JSON Schema in
 ``proxy/data`` (structure, unknown keys) and then here (CIDRs, GUIDs, one kind of match per rule, references,
 duplicates, Azure's limits). Every problem is collected and reported with the file and field path.
 """
@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 
 import jsonschema
 
-from proxy import arm, links
-from proxy.arm_expressions import Deployment
-from proxy.azure_fields import IGNORED_PROPERTIES, drop_ignored
-from proxy.configfile import parse_text, read_text
-from proxy.errors import ConfigError, Problem
+from proxy.config import arm, links
+from proxy.config.arm_expressions import Deployment
+from proxy.config.azure_fields import IGNORED_PROPERTIES, drop_ignored
+from proxy.config.errors import ConfigError, Problem
+from proxy.config.files import parse_text, read_text
 from proxy.model import (
     DEFAULT_RESOURCE_GROUP,
     DEFAULT_SUBSCRIPTION,
@@ -40,7 +40,7 @@ from proxy.model import (
     Profile,
     Settings,
 )
-from proxy.normalize import (
+from proxy.names.normalize import (
     normalize_fqdn_rule,
     normalize_hostname,
     normalize_subscription,
@@ -48,7 +48,7 @@ from proxy.normalize import (
     parse_prefix,
 )
 
-# Azure's hard limit (FACTS.md, "Limits"); the recommended ones only warn (proxy.links).
+# Azure's hard limit (FACTS.md, "Limits"); the recommended ones only warn (proxy.config.links).
 MAX_RULE_ELEMENTS_PER_PROFILE = 200
 # Match kinds that exist only in Inbound rules: a rule of one of these without a direction is Inbound.
 INBOUND_ONLY_KINDS = ("addressPrefixes", "subscriptions", "serviceTags")

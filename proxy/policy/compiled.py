@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxy import addresses
-from proxy.indexes import FqdnIndex, PrefixIndex
 from proxy.model import Association, Config, Direction, Perimeter, Profile
+from proxy.names import addresses
+from proxy.policy.indexes import FqdnIndex, PrefixIndex
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def compile_policy(config: Config, generation: int) -> Policy:
 
 
 def _canonical_host(host: str | None) -> str:
-    """A listen address in the canonical spelling destinations are compared in (``proxy.addresses``)."""
+    """A listen address in the canonical spelling destinations are compared in (``proxy.names.addresses``)."""
     try:
         return addresses.canonical(host or "127.0.0.1")
     except ValueError:
