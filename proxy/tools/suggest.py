@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from proxy.config.loader import MAX_RULE_ELEMENTS_PER_PROFILE
+from proxy.config.perimeter_reader import MAX_RULE_ELEMENTS_PER_PROFILE
 from proxy.decision.facts import Decision
 from proxy.model import Config
 from proxy.names.normalize import is_ip_literal, normalize_hostname, normalize_subscription
