@@ -264,8 +264,8 @@ def test_help_documents_the_exit_status() -> None:
 def test_internal_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """A bug (here: a loader that divides by zero) is exit 1 with one line saying where, no traceback."""
     path = _config_file(tmp_path, base_config())
-    script = ("import sys, proxy.cli as c; c.load_config = lambda p: 1 / 0; "
-              f"sys.exit(c.main(['validate', {str(path)!r}]))")
+    script = ("import sys, proxy.cli.common as c, proxy.cli.main as m; c.load_config = lambda p: 1 / 0; "
+              f"sys.exit(m.main(['validate', {str(path)!r}]))")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr

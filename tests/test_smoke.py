@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from proxy.cli import demo_config_path
+from proxy.cli.common import demo_config_path
 
 
 def test_embedded_demo_enforces_and_logs(nsp_proxy) -> None:
