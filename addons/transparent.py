@@ -25,8 +25,8 @@ from mitmproxy import connection
 from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.mode_specs import TransparentMode
 
-from addons.gatebits import Refuse, hostport
-from proxy.clienthello import looks_like_tls, server_name
+from addons.gatebits import Incomplete, Refuse, hello_server_name, hostport
+from proxy.clienthello import looks_like_tls
 from proxy.hostport import parse_authority
 from proxy.normalize import is_ip_literal
 
@@ -78,15 +78,9 @@ async def first_bytes(gate: OutboundGate, nextlayer: layer.NextLayer) -> None:
         return
     sni = None
     if looks_like_tls(data):
-        try:
-            hello = server_name(data)
-        except ValueError as exc:
-            sni = f"<not a readable ClientHello: {exc}>"
-        else:
-            if hello is None:
-                nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
-                return
-            sni = hello.shown if hello.present else None
+        sni = hello_server_name(nextlayer, data)
+        if isinstance(sni, Incomplete):
+            return
         protocol = "HTTPS"
     elif isinstance(nextlayer.layer, layers.HttpLayer):
         return  # mitmproxy reads it as HTTP: requestheaders decides each request by its Host
