@@ -48,7 +48,7 @@ class Recorder:
         self.queue_size, self.flush_timeout = queue_size, flush_timeout
         self.records_written = 0  # by every writer this recorder had (reloads and SIGHUP replace the writer)
         self._count_lock = threading.Lock()
-        self._last_error_log = 0.0
+        self._last_error_log: dict[str, float] = {}  # what was complained about -> when (each kind limited)
         self._pending: dict[Any, tuple[Decision, Facts, Policy, dict[str, Any]]] = {}
         self._diagnostic = False
         self._aggregator: Aggregator | None = None
@@ -84,7 +84,8 @@ class Recorder:
         if self.writer.submit(line, weight):
             return healthy
         self.metrics.log_dropped.inc(weight)
-        self._complain(f"access log: queue full ({self.writer.capacity} records), {weight} record(s) dropped")
+        self._complain("full", f"access log: queue full ({self.writer.capacity} records), {weight} record(s) "
+                               "dropped; Enforced associations refuse requests with 503 while it is full")
         return False
 
     def _emit(self, record: dict[str, Any], context: str) -> None:
@@ -141,7 +142,7 @@ class Recorder:
 
     def _open(self, target: str) -> AccessLogWriter:
         return AccessLogWriter(target, queue_size=self.queue_size, on_written=self._written,
-                               on_failed=self._failed)
+                               on_failed=self._failed, on_state=self._state)
 
     def replace(self, target: str) -> None:
         """Open ``target`` (OSError if it cannot be) and write there from now on; the old writer finishes its
@@ -172,15 +173,28 @@ class Recorder:
 
     def _failed(self, count: int, error: OSError) -> None:  # writer thread
         self.metrics.log_errors.labels("write").inc(count)
-        self._complain(f"access log: cannot write to {self.writer.target}: {error.strerror or error}; "
-                       f"{count} record(s) lost")
+        self._complain("write", f"access log: cannot write to {self.writer.target}: {error.strerror or error}; "
+                                f"{count} record(s) lost")
 
-    def _complain(self, message: str) -> None:
+    def _state(self, healthy: bool, error: OSError | None) -> None:  # writer thread
+        """Says when Enforced starts and stops failing closed because the log cannot be written."""
+        if healthy:
+            self._complain("recovered", f"access log: writing to {self.writer.target} again; Enforced "
+                                        "associations serve requests again", logging.WARNING)
+        else:
+            why = (error.strerror if error else None) or error
+            self._complain("failing", f"access log: writes to {self.writer.target} fail ({why}): until one "
+                                      "succeeds, Enforced associations refuse every request they would let "
+                                      "through with 503 (fail closed); Transition and Audit serve and count "
+                                      "the lost records")
+
+    def _complain(self, kind: str, message: str, level: int = logging.ERROR) -> None:
+        """One stderr line per ``kind`` per ERROR_LOG_INTERVAL (each failure is counted all the same)."""
         now = time.monotonic()
-        if now - self._last_error_log >= ERROR_LOG_INTERVAL:
-            self._last_error_log = now
-            log.error("%s (counted in the nsp_access_log_* metrics; repeats are not printed for %.0fs)",
-                      message, ERROR_LOG_INTERVAL)
+        if now - self._last_error_log.get(kind, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
+            self._last_error_log[kind] = now
+            log.log(level, "%s (counted in the nsp_access_log_* metrics; repeats are not printed for %.0fs)",
+                    message, ERROR_LOG_INTERVAL)
 
 
 def category_enabled(decision: Decision, policy: Policy) -> bool:

@@ -5,6 +5,7 @@ or SIGTERM; Enforced refuses (503) what it cannot record, Transition serves and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -72,19 +73,80 @@ def test_disk_full_never_leaves_a_broken_line(nsp_proxy, backend: Backend, tiny_
     assert lines_of(tiny_disk / "access.jsonl") == records
 
 
-@pytest.mark.parametrize(("mode", "after"), [pytest.param("Enforced", 503, id="Enforced"),
-                                             pytest.param("Transition", 200, id="Transition")])
-def test_failed_writes_refuse_in_enforced_and_count_in_transition(nsp_proxy, backend: Backend, mode: str,
-                                                                  after: int) -> None:
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one file (delete it to make room again)."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0")
+    return filler
+
+
+MODES = [pytest.param("Enforced", 503, id="Enforced"), pytest.param("Transition", 200, id="Transition")]
+
+
+@pytest.mark.parametrize(("fault", "why"), [
+    pytest.param("full-disk", "No space left on device", id="full-tmpfs"),
+    pytest.param("dev-full", "No space left on device", id="dev-full"),
+    pytest.param("closed-stdout", "Broken pipe", id="stdout-reader-gone"),
+])
+@pytest.mark.parametrize(("mode", "after"), MODES)
+def test_a_failing_log_fails_closed_in_enforced_and_counts_in_transition(
+        nsp_proxy, backend: Backend, tiny_disk: Path, fault: str, why: str, mode: str, after: int) -> None:
+    """The first request is answered before its record is written (its record is the first to fail, and
+    counted); from then on, until a write succeeds, Enforced refuses with 503 and says why on stderr;
+    Transition serves. Nothing is half-written; every decision is counted as written, failed or dropped."""
     listen = free_port()
+    target, stdout = {"full-disk": (str(tiny_disk / "access.jsonl"), subprocess.DEVNULL),
+                      "dev-full": ("/dev/full", subprocess.DEVNULL),
+                      "closed-stdout": ("-", subprocess.PIPE)}[fault]
+    if fault == "full-disk":
+        fill(tiny_disk)
     proxy = nsp_proxy(perimeter(store("st", listen, f"http://127.0.0.1:{backend.port}", mode=mode)),
-                      extra_args=["--access-log", "/dev/full"])
-    httpx.get(f"http://127.0.0.1:{listen}/first", timeout=10)  # its record fails (the request was answered)
+                      extra_args=["--access-log", target], stdout=stdout)
+    if fault == "closed-stdout":
+        proxy.process.stdout.close()  # the reader of the access log is gone: writes fail with EPIPE
+    assert httpx.get(f"http://127.0.0.1:{listen}/first", timeout=10).status_code == 200
     assert wait_until(lambda: proxy.metric("nsp_access_log_errors_total", reason="write") == 1, timeout=10)
     assert [httpx.get(f"http://127.0.0.1:{listen}/next", timeout=10).status_code for _ in range(3)] == [after] * 3
-    assert "No space left on device" in proxy.stderr()
-    assert proxy.metric("nsp_access_log_records_total") == 0
-    assert backend.hits[1:] == ([] if after == 503 else [("GET", "/next", backend.hits[1][2])] * 3)
+    stderr = proxy.wait_for_stderr("until one succeeds, Enforced associations refuse")
+    assert why in stderr and "Traceback" not in stderr
+    assert wait_until(lambda: proxy.metric("nsp_access_log_errors_total", reason="write") == 4, timeout=10)
+    assert_counts_agree(proxy, 0)
+    assert proxy.metric("nsp_access_log_refused_requests_total") == (3 if after == 503 else 0)
+    assert len(backend.hits) == (1 if after == 503 else 4)  # nothing Enforced cannot record reached upstream
+    if fault == "full-disk":
+        assert (tiny_disk / "access.jsonl").read_bytes() == b""  # no partial line, ever
+    assert proxy.process.poll() is None
+
+
+@pytest.mark.parametrize(("mode", "after"), MODES)
+def test_a_disk_with_room_again_is_written_without_refusing_a_request_first(
+        nsp_proxy, backend: Backend, tiny_disk: Path, mode: str, after: int) -> None:
+    """The writer probes a full disk by itself: once there is room, the next request is served and recorded
+    (no request has to be refused to find out), and stderr says so."""
+    listen = free_port()
+    filler = fill(tiny_disk)
+    proxy = nsp_proxy(perimeter(store("st", listen, f"http://127.0.0.1:{backend.port}", mode=mode)),
+                      extra_args=["--access-log", str(tiny_disk / "access.jsonl")])
+    httpx.get(f"http://127.0.0.1:{listen}/lost", timeout=10)
+    assert wait_until(lambda: proxy.metric("nsp_access_log_errors_total", reason="write") == 1, timeout=10)
+    assert httpx.get(f"http://127.0.0.1:{listen}/while-full", timeout=10).status_code == after
+    assert wait_until(lambda: proxy.metric("nsp_access_log_errors_total", reason="write") == 2, timeout=10)
+    filler.unlink()
+    proxy.wait_for_stderr("associations serve requests again", timeout=10)
+    assert [httpx.get(f"http://127.0.0.1:{listen}/ok{i}", timeout=10).status_code for i in range(3)] == [200] * 3
+    assert wait_until(lambda: len(lines_of(tiny_disk / "access.jsonl")) == 3, timeout=10)
+    records = lines_of(tiny_disk / "access.jsonl")
+    assert [r["OperationName"] for r in records] == ["GET /ok0", "GET /ok1", "GET /ok2"]
+    assert_counts_agree(proxy, 3)
+    assert proxy.metric("nsp_access_log_refused_requests_total") == (1 if after == 503 else 0)
 
 
 @pytest.mark.parametrize("mode", ["Enforced", "Transition"])
