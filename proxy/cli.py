@@ -32,6 +32,7 @@ from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.engine import decide_inbound, decide_outbound
 from proxy.errors import ConfigError
 from proxy.listeners import mitmproxy_modes
+from proxy.logwriter import hold_closed_stdio
 from proxy.model import Config
 from proxy.normalize import (
     canonical_destination,
@@ -75,6 +76,7 @@ def demo_config_path() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    hold_closed_stdio()  # before anything is opened: descriptor 1 must never be a socket or a file
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -206,6 +206,20 @@ class AccessLogWriter:
                 os.write(self._fd, b"\n")  # a pipe: end the broken line so the next record starts its own
 
 
+def hold_closed_stdio() -> None:
+    """Put a pipe nobody reads on stdout and stderr when the process was started without them (``>&-``).
+    Otherwise the next file or socket opened takes descriptor 1, and an access log on stdout (``-``) would be
+    written into it. Writes now fail with EPIPE, as when a stdout reader went away: the log is failing."""
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            read_end, write_end = os.pipe()  # the lowest free descriptors: ``fd`` may be one of them
+            os.dup2(write_end, fd)  # when read_end is fd, this closes it: no reader either way
+            for extra in {read_end, write_end} - {fd}:
+                os.close(extra)
+
+
 _FALLOC_FL_KEEP_SIZE = 1
 _fallocate: Callable[..., int] | None = None
 with contextlib.suppress(OSError, AttributeError, TypeError):  # not Linux/glibc: the truncating fallback only

@@ -95,6 +95,7 @@ MODES = [pytest.param("Enforced", 503, id="Enforced"), pytest.param("Transition"
     pytest.param("full-disk", "No space left on device", id="full-tmpfs"),
     pytest.param("dev-full", "No space left on device", id="dev-full"),
     pytest.param("closed-stdout", "Broken pipe", id="stdout-reader-gone"),
+    pytest.param("no-stdout", "Broken pipe", id="started-without-stdout"),
 ])
 @pytest.mark.parametrize(("mode", "after"), MODES)
 def test_a_failing_log_fails_closed_in_enforced_and_counts_in_transition(
@@ -105,7 +106,7 @@ def test_a_failing_log_fails_closed_in_enforced_and_counts_in_transition(
     listen = free_port()
     target, stdout = {"full-disk": (str(tiny_disk / "access.jsonl"), subprocess.DEVNULL),
                       "dev-full": ("/dev/full", subprocess.DEVNULL),
-                      "closed-stdout": ("-", subprocess.PIPE)}[fault]
+                      "closed-stdout": ("-", subprocess.PIPE), "no-stdout": ("-", "closed")}[fault]
     if fault == "full-disk":
         fill(tiny_disk)
     proxy = nsp_proxy(perimeter(store("st", listen, f"http://127.0.0.1:{backend.port}", mode=mode)),
