@@ -118,11 +118,11 @@ class Recorder:
         return decision.mode is AccessMode.ENFORCED
 
     def refuse(self, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any],
-               why: str) -> None:
-        """An Enforced request the log could not take: it is answered 503; its record is still attempted
-        (when it is written, the log has recovered)."""
+               why: str, status: int | None = 503) -> None:
+        """An Enforced request the log could not take: it is answered ``status`` (503; None for a DNS query,
+        answered REFUSED); its record is still attempted (when it is written, the log has recovered)."""
         self.metrics.log_refused.inc()
-        self.record(decision, facts, policy, _with_outcome(details, 503, why))
+        self.record(decision, facts, policy, _with_outcome(details, status, why))
 
     def defer(self, key: Any, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any]) -> None:
         self._pending[key] = (decision, facts, policy, details)

@@ -1,0 +1,74 @@
+"""The sidecar's DNS gate under faults, on loopback (no namespaces needed: queries go straight to the gate):
+a query whose record the access log cannot take is refused in Enforced and never looked up; reloads never
+leave the gate on a stale policy or address."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.support import Dnsmasq, RunningProxy, free_port, wait_until
+
+RESOURCE = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/" \
+           "Microsoft.Storage/storageAccounts/app"
+
+
+def gate_config(mode: str, gate: int, nameserver: int, names: tuple[str, ...] = ("allowed.test",),
+                **settings: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "nsp-proxy/v1",
+        "settings": {"transparent": f"127.0.0.1:{free_port()}", "dnsGate": f"127.0.0.1:{gate}",
+                     "dns": {"nameservers": [f"127.0.0.1:{nameserver}"], "timeout": 3}, **settings},
+        "perimeters": [{
+            "name": "p", "location": "westeurope",
+            "profiles": [{"name": "default", "accessRules": [
+                {"name": "allowed", "direction": "Outbound", "fullyQualifiedDomainNames": list(names)}]}],
+            "resourceAssociations": [{
+                "name": "app", "profile": "default", "accessMode": mode, "privateLinkResource": {"id": RESOURCE},
+                "local": {"outboundSourcePrefixes": ["127.0.0.0/8"]}}],
+        }],
+    }
+
+
+def ask(port: int, name: str, tcp: bool = False) -> dns.message.Message:
+    query = dns.message.make_query(name, "A")
+    return (dns.query.tcp if tcp else dns.query.udp)(query, "127.0.0.1", port=port, timeout=10)
+
+
+def start_gate(nsp_proxy: Callable[..., RunningProxy], config: dict[str, Any], **kwargs: Any) -> RunningProxy:
+    proxy = nsp_proxy(config, wait_ports=[], **kwargs)
+    proxy.wait_for_stderr("DNS gate listening", timeout=20)
+    return proxy
+
+
+@pytest.fixture
+def names(dnsmasq: Callable[..., Dnsmasq]) -> Dnsmasq:
+    return dnsmasq({"allowed.test": "127.0.0.2", "later.test": "127.0.0.3"})
+
+
+@pytest.mark.parametrize(("mode", "after"), [pytest.param("Enforced", "REFUSED", id="Enforced"),
+                                             pytest.param("Transition", "NOERROR", id="Transition")])
+@pytest.mark.parametrize("tcp", [pytest.param(False, id="udp"), pytest.param(True, id="tcp")])
+def test_a_query_the_log_cannot_take_is_refused_in_enforced(nsp_proxy, names: Dnsmasq, mode: str, after: str,
+                                                            tcp: bool) -> None:
+    gate = free_port()
+    proxy = start_gate(nsp_proxy, gate_config(mode, gate, names.port), extra_args=["--access-log", "/dev/full"])
+    assert dns.rcode.to_text(ask(gate, "allowed.test", tcp).rcode()) == "NOERROR"  # its record is the first to fail
+    assert wait_until(lambda: proxy.metric("nsp_access_log_errors_total", reason="write") == 1, timeout=10)
+    looked_up = names.queries("allowed.test")
+    answers = [ask(gate, "allowed.test", tcp) for _ in range(3)]
+    assert [dns.rcode.to_text(a.rcode()) for a in answers] == [after] * 3
+    if after == "REFUSED":
+        assert all(not a.answer for a in answers)
+        assert names.queries("allowed.test") == looked_up  # never looked up: the name does not leave
+        assert proxy.metric("nsp_access_log_refused_requests_total") == 3
+    else:
+        assert proxy.metric("nsp_access_log_refused_requests_total") == 0
+    assert wait_until(lambda: proxy.metric("nsp_access_log_errors_total", reason="write") == 4, timeout=10)
+    assert proxy.metric("nsp_decisions_total") == 4
+    assert "Traceback" not in proxy.stderr()
