@@ -1,9 +1,14 @@
-"""The sidecar's DNS gate under faults, on loopback (no namespaces needed: queries go straight to the gate):
-a query whose record the access log cannot take is refused in Enforced and never looked up; reloads never
-leave the gate on a stale policy or address."""
+"""The sidecar's listeners under faults, on loopback (no namespaces needed: queries and probes go straight to
+the listeners): a DNS query whose record the access log cannot take is refused in Enforced and never looked
+up; reloads never leave the DNS gate on a stale policy or address; a connection made straight to the
+transparent listener (not redirected), even while the proxy starts, is closed with one record and never ends
+the proxy."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +24,10 @@ RESOURCE = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/r
 
 
 def gate_config(mode: str, gate: int, nameserver: int, names: tuple[str, ...] = ("allowed.test",),
-                **settings: Any) -> dict[str, Any]:
+                transparent: int | None = None, **settings: Any) -> dict[str, Any]:
     return {
         "apiVersion": "nsp-proxy/v1",
-        "settings": {"transparent": f"127.0.0.1:{free_port()}", "dnsGate": f"127.0.0.1:{gate}",
+        "settings": {"transparent": f"127.0.0.1:{transparent or free_port()}", "dnsGate": f"127.0.0.1:{gate}",
                      "dns": {"nameservers": [f"127.0.0.1:{nameserver}"], "timeout": 3}, **settings},
         "perimeters": [{
             "name": "p", "location": "westeurope",
@@ -72,3 +77,53 @@ def test_a_query_the_log_cannot_take_is_refused_in_enforced(nsp_proxy, names: Dn
     assert wait_until(lambda: proxy.metric("nsp_access_log_errors_total", reason="write") == 4, timeout=10)
     assert proxy.metric("nsp_decisions_total") == 4
     assert "Traceback" not in proxy.stderr()
+
+
+def probe(port: int) -> bool:
+    """Connect straight to ``port`` and send a request: True when the proxy closed it (it never answers)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+            return sock.recv(4096) == b""
+    except ConnectionError:
+        return True  # closed with the request unread: a reset
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+def test_direct_connections_to_the_transparent_listener_are_closed_and_recorded(nsp_proxy, names: Dnsmasq,
+                                                                                mode: str) -> None:
+    """Probed from the first moment it listens (mitmproxy ends on an error logged while it starts), and after:
+    each direct connection is closed, with one NspProxyRequestRefused record, in every mode."""
+    transparent, stop = free_port(), threading.Event()
+    probes: list[bool] = []
+
+    def keep_probing() -> None:
+        while not stop.is_set():
+            try:
+                socket.create_connection(("127.0.0.1", transparent), timeout=1).close()
+            except OSError:
+                time.sleep(0.01)  # not listening yet
+                continue
+            probes.append(True)
+            time.sleep(0.01)
+
+    prober = threading.Thread(target=keep_probing, daemon=True)
+    prober.start()
+    try:
+        proxy = start_gate(nsp_proxy, gate_config(mode, free_port(), names.port, transparent=transparent))
+        assert wait_until(lambda: len(probes) >= 5, timeout=10) is not None
+    finally:
+        stop.set()
+        prober.join(5)
+    assert proxy.process.poll() is None, proxy.stderr()
+    assert all(probe(transparent) for _ in range(3))
+    assert proxy.process.poll() is None
+    records = proxy.settled_records()
+    assert len(records) == len(probes) + 3 and len(records) == proxy.metric("nsp_decisions_total")
+    assert {(r["Category"], r["ResultAction"], r["DestinationPort"]) for r in records} == {
+        ("NspProxyRequestRefused", "Denied", str(transparent))}
+    assert "not redirected" in records[0]["ResultDescription"]
+    stderr = proxy.stderr()
+    assert "Transparent mode failure" not in stderr and "Traceback" not in stderr
