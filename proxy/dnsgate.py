@@ -92,6 +92,7 @@ class DnsGate:
         if runtime is None:
             response.set_rcode(dns.rcode.REFUSED)
             return response.to_wire()
+        self.answers.limit = runtime.policy.config.settings.dns_gate_memory  # a reload may change it
         question = query.question[0]
         await self._decide(runtime, question, peer, response, transport)
         return response.to_wire()

@@ -127,3 +127,42 @@ def test_direct_connections_to_the_transparent_listener_are_closed_and_recorded(
     assert "not redirected" in records[0]["ResultDescription"]
     stderr = proxy.stderr()
     assert "Transparent mode failure" not in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(("mode", "before"), [pytest.param("Enforced", "NXDOMAIN", id="Enforced"),
+                                              pytest.param("Transition", "NOERROR", id="Transition")])
+def test_the_dns_gate_decides_with_the_generation_in_force(nsp_proxy, names: Dnsmasq, mode: str,
+                                                            before: str) -> None:
+    gate, transparent = free_port(), free_port()
+    proxy = start_gate(nsp_proxy, gate_config(mode, gate, names.port, transparent=transparent))
+    assert dns.rcode.to_text(ask(gate, "later.test").rcode()) == before
+    proxy.write_config(gate_config(mode, gate, names.port, ("allowed.test", "later.test"), transparent=transparent,
+                                   dnsGateMemory=16))
+    assert wait_until(lambda: proxy.metric("nsp_config_generation") == 2, timeout=10)
+    answer = ask(gate, "later.test", tcp=True)
+    assert dns.rcode.to_text(answer.rcode()) == "NOERROR" and "127.0.0.3" in answer.to_text()
+    records = proxy.settled_records()
+    assert [(r["Category"], r["AccessRuleVersion"]) for r in records] == [
+        ("NspProxyDnsQueryDenied" if mode == "Enforced" else "NspProxyDnsQueryAllowed", "1"),
+        ("NspProxyDnsQueryAllowed", "2")]
+    assert '"wouldDeny":true' in records[0]["Parameters"] and '"wouldDeny":false' in records[1]["Parameters"]
+
+
+@pytest.mark.parametrize("change", [pytest.param("moved", id="moved"), pytest.param("removed", id="removed")])
+def test_a_reload_that_moves_the_dns_gate_is_refused_and_the_gate_keeps_its_generation(
+        nsp_proxy, names: Dnsmasq, change: str) -> None:
+    """The gate's sockets are opened at start: a reload changing settings.dnsGate is refused as a whole (it
+    would leave the running gate on an address the file no longer names), with the reason on stderr."""
+    gate, transparent = free_port(), free_port()
+    proxy = start_gate(nsp_proxy, gate_config("Enforced", gate, names.port, transparent=transparent))
+    changed = gate_config("Enforced", free_port(), names.port, ("allowed.test", "later.test"),
+                          transparent=transparent)
+    if change == "removed":
+        del changed["settings"]["dnsGate"]
+    proxy.write_config(changed)
+    proxy.wait_for_stderr("restart nsp-proxy to change settings.dnsGate", timeout=10)
+    assert proxy.metric("nsp_config_reloads_total", result="failure") == 1
+    assert proxy.metric("nsp_config_generation") == 1
+    assert dns.rcode.to_text(ask(gate, "later.test").rcode()) == "NXDOMAIN"  # the rules in force: generation 1
+    assert proxy.settled_records()[-1]["AccessRuleVersion"] == "1"
+    assert "Traceback" not in proxy.stderr()
