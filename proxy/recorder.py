@@ -49,6 +49,7 @@ class Recorder:
         self.records_written = 0  # by every writer this recorder had (reloads and SIGHUP replace the writer)
         self._count_lock = threading.Lock()
         self._last_error_log: dict[str, float] = {}  # what was complained about -> when (each kind limited)
+        self._said_recovered = False  # the last word on stderr about the writer's state was "writing again"
         self._pending: dict[Any, tuple[Decision, Facts, Policy, dict[str, Any]]] = {}
         self._diagnostic = False
         self._aggregator: Aggregator | None = None
@@ -179,22 +180,29 @@ class Recorder:
     def _state(self, healthy: bool, error: OSError | None) -> None:  # writer thread
         """Says when Enforced starts and stops failing closed because the log cannot be written."""
         if healthy:
-            self._complain("recovered", f"access log: writing to {self.writer.target} again; Enforced "
-                                        "associations serve requests again", logging.WARNING)
+            self._said_recovered = self._complain(
+                "recovered", f"access log: writing to {self.writer.target} again; Enforced associations serve "
+                             "requests again", logging.WARNING) or self._said_recovered
         else:
+            if self._said_recovered:  # stderr must never end on "again" while writes fail
+                self._last_error_log.pop("failing", None)
+                self._said_recovered = False
             why = (error.strerror if error else None) or error
             self._complain("failing", f"access log: writes to {self.writer.target} fail ({why}): until one "
                                       "succeeds, Enforced associations refuse every request they would let "
                                       "through with 503 (fail closed); Transition and Audit serve and count "
                                       "the lost records")
 
-    def _complain(self, kind: str, message: str, level: int = logging.ERROR) -> None:
-        """One stderr line per ``kind`` per ERROR_LOG_INTERVAL (each failure is counted all the same)."""
+    def _complain(self, kind: str, message: str, level: int = logging.ERROR) -> bool:
+        """One stderr line per ``kind`` per ERROR_LOG_INTERVAL (each failure is counted all the same); True
+        when this one was printed."""
         now = time.monotonic()
-        if now - self._last_error_log.get(kind, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
-            self._last_error_log[kind] = now
-            log.log(level, "%s (counted in the nsp_access_log_* metrics; repeats are not printed for %.0fs)",
-                    message, ERROR_LOG_INTERVAL)
+        if now - self._last_error_log.get(kind, -ERROR_LOG_INTERVAL) < ERROR_LOG_INTERVAL:
+            return False
+        self._last_error_log[kind] = now
+        log.log(level, "%s (counted in the nsp_access_log_* metrics; repeats are not printed for %.0fs)",
+                message, ERROR_LOG_INTERVAL)
+        return True
 
 
 def category_enabled(decision: Decision, policy: Policy) -> bool:
