@@ -250,9 +250,9 @@ class OutboundGate:
                 self.pins.get(client.id, {}).pop((host.lower(), facts.destination_port), None)
         if flow is not None:
             record_request(runtime, flow, decision, facts, operation=operation, destination_parameters=details)
-        elif not runtime.record(decision, facts, operation=operation, destination_parameters=details) \
-                and runtime.recorder.fails_closed(decision):
-            return replace(decision, allowed=False)  # no record, no connection (as record_request's 503)
+        elif not runtime.recorder.admit(decision, facts, decision.policy or runtime.policy,
+                                        {"operation": operation, "destination_parameters": details}):
+            return replace(decision, allowed=False)  # the log cannot take it: no connection (as record_request)
         return decision
 
     def _pin(self, client: connection.Client, host: str, port: int, address: str) -> None:

@@ -125,6 +125,14 @@ class Recorder:
         self.metrics.log_refused.inc()
         self.record(decision, facts, policy, _with_outcome(details, status, why))
 
+    def admit(self, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any]) -> bool:
+        """Record a connection's decision now; False when Enforced must refuse what it allowed because the log
+        cannot take the record (then refused, counted, and the record says so, as ``refuse``)."""
+        if decision.allowed and self.fails_closed(decision) and not self.accepting():
+            self.refuse(decision, facts, policy, details, "access log unavailable", status=None)
+            return False
+        return self.record(decision, facts, policy, details) or not self.fails_closed(decision)
+
     def defer(self, key: Any, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any]) -> None:
         self._pending[key] = (decision, facts, policy, details)
 
