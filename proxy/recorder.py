@@ -133,6 +133,15 @@ class Recorder:
             return False
         return self.record(decision, facts, policy, details) or not self.fails_closed(decision)
 
+    def withholds(self, key: Any) -> bool:
+        """Whether the answer to the deferred request ``key`` must be withheld: Enforced let it through while
+        the log was writable, and now it cannot take its record. Counted as a refused request."""
+        pending = self._pending.get(key)
+        if pending is None or not self.fails_closed(pending[0]) or self.accepting():
+            return False
+        self.metrics.log_refused.inc()
+        return True
+
     def defer(self, key: Any, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any]) -> None:
         self._pending[key] = (decision, facts, policy, details)
 

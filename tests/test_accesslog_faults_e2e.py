@@ -9,6 +9,7 @@ import contextlib
 import json
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults import perimeter, store
+from tests.faults import Held, perimeter, store
 from tests.support import Backend, RunningProxy, free_port, wait_until
 
 
@@ -55,10 +56,14 @@ def test_disk_full_never_leaves_a_broken_line(nsp_proxy, backend: Backend, tiny_
     statuses = []
     with httpx.Client(timeout=10) as client:
         for i in range(60):
-            statuses.append(client.get(f"http://127.0.0.1:{listen}/{'x' * (i * 7)}").status_code)
+            try:
+                statuses.append(client.get(f"http://127.0.0.1:{listen}/{'x' * (i * 7)}").status_code)
+            except httpx.RemoteProtocolError:  # Enforced: decided before the first failed write, answered after
+                statuses.append(0)
             if proxy.metric("nsp_access_log_errors_total", reason="write") and len(statuses) > 25:
                 break
     assert proxy.metric("nsp_access_log_errors_total", reason="write") > 0
+    assert set(statuses) <= ({200, 503, 0} if mode == "Enforced" else {200})
     assert "No space left on device" in proxy.wait_for_stderr("access log: cannot write")
     records = lines_of(tiny_disk / "access.jsonl")
     assert records, "nothing was written before the disk filled"
@@ -125,6 +130,45 @@ def test_a_failing_log_fails_closed_in_enforced_and_counts_in_transition(
     if fault == "full-disk":
         assert (tiny_disk / "access.jsonl").read_bytes() == b""  # no partial line, ever
     assert proxy.process.poll() is None
+
+
+@pytest.mark.parametrize(("mode", "after"), MODES)
+def test_an_answer_arriving_once_the_log_fails_is_withheld_in_enforced(nsp_proxy, backend: Backend, mode: str,
+                                                                       after: int) -> None:
+    """A request let through while the log was writable, whose upstream answers after it started failing:
+    in Enforced the answer never reaches the client (closed), counted and recorded as withheld."""
+    held, slow, fast = Held(), free_port(), free_port()
+    try:
+        proxy = nsp_proxy(perimeter(store("slow", slow, f"http://127.0.0.1:{held.port}", mode=mode),
+                                    store("fast", fast, f"http://127.0.0.1:{backend.port}", mode=mode)),
+                          extra_args=["--access-log", "/dev/full"])
+        answers: list[httpx.Response | Exception] = []
+
+        def ask_slow() -> None:
+            try:
+                answers.append(httpx.get(f"http://127.0.0.1:{slow}/secret", timeout=20))
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        waiting = threading.Thread(target=ask_slow)
+        waiting.start()
+        assert held.arrived.wait(10)  # decided and forwarded while the log was still writable
+        assert httpx.get(f"http://127.0.0.1:{fast}/first", timeout=10).status_code == 200  # its record fails
+        assert wait_until(lambda: proxy.metric("nsp_access_log_errors_total", reason="write") == 1, timeout=10)
+        held.release()
+        waiting.join(20)
+    finally:
+        held.close()
+    [answer] = answers
+    if after == 503:
+        assert isinstance(answer, httpx.HTTPError), answer  # closed: no status, no "secret"
+        assert proxy.metric("nsp_access_log_refused_requests_total") == 1
+    else:
+        assert isinstance(answer, httpx.Response) and answer.text == "secret"
+        assert proxy.metric("nsp_access_log_refused_requests_total") == 0
+    assert wait_until(lambda: proxy.metric("nsp_access_log_errors_total", reason="write") == 2, timeout=10)
+    assert proxy.metric("nsp_decisions_total") == 2
+    assert "Traceback" not in proxy.stderr()
 
 
 @pytest.mark.parametrize(("mode", "after"), MODES)
