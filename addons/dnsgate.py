@@ -1,8 +1,9 @@
 """mitmproxy addon: runs the sidecar's DNS gate (``proxy.decision.dnsgate``) on ``settings.dnsGate`` beside the proxy.
 
-The gate is opened when the proxy is running and closed when it stops; the rules it applies are read from the
-runtime in force for each query, so a reload changes them at once (a changed ``dnsGate`` address needs a
-restart).
+The gate is opened when the proxy is running and closed when it stops; the rules (and ``dnsGateMemory``) it
+applies are read from the generation in force for each query, so a reload changes them at once. Its address is
+read once: a reload that changes ``settings.dnsGate`` is refused as a whole (``preflight.fixed_at_start``) and
+needs a restart.
 """
 
 from __future__ import annotations

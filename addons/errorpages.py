@@ -4,6 +4,9 @@ timeout) say only what happened: a fixed short text, no ``Server: mitmproxy``, n
 mitmproxy builds these in ``mitmproxy.proxy.layers.http._http1.make_error_response`` (HTTP/1) and with
 ``_http2.format_error`` (HTTP/2), from the connection error's text; both are internals, replaced here (checked
 on mitmproxy 11 and 12). 4xx pages (the client's own mistakes) keep mitmproxy's text, without the Server header.
+On HTTP/2, mitmproxy sends the page's headers itself, ``server: mitmproxy <version>`` and ``text/html`` among
+them (``Http2Connection``); ``BufferedH2Connection.send_headers`` (its h2 connection class, an internal, the same
+in 11 and 12) is wrapped to leave that header out, and to label the page as the plain text it is.
 
 A timeout (``addons.limits``) ends the upstream connection, which mitmproxy reports as a 502; the ``error`` hook
 (``addons.outcome``) runs in the same task just before the page is made and asks for 504 with ``answer_with``.
@@ -13,8 +16,9 @@ from __future__ import annotations
 
 import contextvars
 import html
+from typing import Any
 
-from mitmproxy import http
+from mitmproxy import http, version
 from mitmproxy.net.http import status_codes
 from mitmproxy.net.http.http1 import assemble
 
@@ -79,9 +83,27 @@ def format_error(status_code: int, message: str) -> bytes:
     return _body(_status(int(status_code), message), message)
 
 
+def without_server_name(headers: Any) -> Any:
+    """HTTP/2 header pairs without mitmproxy's own ``server`` header; the page it comes with is plain text."""
+    own = (b"server", version.MITMPROXY.encode())
+    if not isinstance(headers, list) or own not in headers:
+        return headers
+    return [(b"content-type", b"text/plain; charset=utf-8") if pair == (b"content-type", b"text/html") else pair
+            for pair in headers if pair != own]
+
+
 def install() -> None:
     """Replace mitmproxy's error pages (idempotent)."""
-    from mitmproxy.proxy.layers.http import _http1, _http2
+    from mitmproxy.proxy.layers.http import _http1, _http2, _http_h2
 
     _http1.make_error_response = make_error_response
     _http2.format_error = format_error
+    connection = _http_h2.BufferedH2Connection
+    if not getattr(connection.send_headers, "nsp_wrapped", False):
+        send_headers = connection.send_headers
+
+        def send_without_server_name(self: Any, stream_id: int, headers: Any, *args: Any, **kwargs: Any) -> Any:
+            return send_headers(self, stream_id, without_server_name(headers), *args, **kwargs)
+
+        send_without_server_name.nsp_wrapped = True  # type: ignore[attr-defined]
+        connection.send_headers = send_without_server_name

@@ -7,6 +7,16 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
+from proxy.names.clienthello import server_name
+
+
+class Incomplete:
+    """``hello_server_name``'s answer while the ClientHello has not fully arrived (compared by identity: no
+    name a client sends can be taken for it)."""
+
+
+INCOMPLETE = Incomplete()
+
 
 class Refuse(layer.Layer):
     """Closes the tunnel at once: what a refused SNI gets in Enforced mode."""
@@ -25,6 +35,19 @@ def mitmproxy_decrypts(data: bytes) -> bool:
     except ValueError:
         return False
 
+
+def hello_server_name(nextlayer: layer.NextLayer, data: bytes) -> str | Incomplete | None:
+    """The server name of the TLS ClientHello at the start of ``data`` (``proxy.names.clienthello``, raw bytes): the
+    name as shown, None when it names none, ``<not a readable ClientHello: ...>`` when it cannot be read (a
+    mismatch for every caller), or ``INCOMPLETE``, after telling mitmproxy to ask again when more bytes arrive."""
+    try:
+        hello = server_name(data)
+    except ValueError as exc:
+        return f"<not a readable ClientHello: {exc}>"
+    if hello is None:
+        nextlayer.layer = None
+        return INCOMPLETE
+    return hello.shown if hello.present else None
 
 
 def request_operation(method: str, scheme: str, host: str, port: int, path: str) -> str:

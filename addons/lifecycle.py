@@ -66,25 +66,37 @@ class NspLifecycle:
             config = load_config(path)
             overrides = _overrides(ctx.options.nsp_access_log, ctx.options.nsp_metrics)
         except (ConfigError, ValueError) as exc:
-            if ctx.options.nsp_manage_modes:
-                # Nothing may listen without a perimeter, least of all mitmproxy's default open proxy on *:8080.
-                ctx.options.update(mode=[])
-            # Logged, not raised: mitmproxy exits on an error at startup (without a traceback of ours).
-            log.error("nsp-proxy: configuration refused:\n%s", exc)
-            if compat.servers_started_before_us():
-                # Python 3.12+: mitmproxy opened its own listener before loading us; end before it forwards.
-                raise SystemExit(1) from None
+            self._refuse(str(exc))
             return
-        self.runtime = Runtime(config, overrides, config_path=path)
+        runtime = Runtime(config, overrides, config_path=path)
+        endpoint = runtime.metrics_endpoint()
+        if endpoint:
+            try:  # `nsp-proxy run` checked the port already; under `mitmdump -s` this is the first check
+                runtime.metrics.serve(*endpoint, health=self.health)
+            except OSError as exc:
+                runtime.close()
+                field = "nsp_metrics" if ctx.options.nsp_metrics else "settings.metrics"
+                self._refuse(f"{path}: {field}: cannot listen on {endpoint[0]}:{endpoint[1]}: {exc.strerror or exc}")
+                return
+        self.runtime = runtime
         self._apply_listeners()
         if self.manages_listeners:
             self._late_listeners = compat.open_listeners_before_running()
-        endpoint = self.runtime.metrics_endpoint()
         self._servers = ctx.master.addons.get("proxyserver")
-        if endpoint:
-            self.runtime.metrics.serve(*endpoint, health=self.health)
         for line in startup_lines(self.runtime.policy, self.runtime.writer.target, endpoint):
             log.info("nsp-proxy: %s", line)
+
+    @staticmethod
+    def _refuse(why: str) -> None:
+        """The configuration cannot run: one clear message, nothing listening, and mitmproxy ends non-zero."""
+        if ctx.options.nsp_manage_modes:
+            # Nothing may listen without a perimeter, least of all mitmproxy's default open proxy on *:8080.
+            ctx.options.update(mode=[])
+        # Logged, not raised: mitmproxy exits on an error at startup (without a traceback of ours).
+        log.error("nsp-proxy: configuration refused:\n%s", why)
+        if compat.servers_started_before_us():
+            # Python 3.12+: mitmproxy opened its own listener before loading us; end before it forwards.
+            raise SystemExit(1) from None
 
     async def running(self) -> None:
         if self._late_listeners is not None:  # opened before the end-of-startup error check, as on mitmproxy 11

@@ -21,6 +21,7 @@ from addons.lifecycle import NspLifecycle  # noqa: E402
 from addons.limits import Limits  # noqa: E402
 from addons.outbound import OutboundGate  # noqa: E402
 from addons.outcome import Outcome  # noqa: E402
+from addons.transparent import DirectConnections  # noqa: E402
 from addons.wire import WireFinish, WireGuard  # noqa: E402
 
 
@@ -28,8 +29,8 @@ def make_addons() -> list[object]:
     lifecycle = NspLifecycle()
     # Order matters: the wire guard refuses malformed requests before a gate decides, and puts the rest into
     # the one form that is forwarded; WireFinish acts on what the gates decided.
-    return [lifecycle, Limits(lifecycle), WireGuard(lifecycle), InboundGate(lifecycle), OutboundGate(lifecycle),
-            WireFinish(lifecycle), Outcome(), DnsGateAddon(lifecycle)]
-
+    return [lifecycle, DirectConnections(lifecycle), Limits(lifecycle), WireGuard(lifecycle),
+            InboundGate(lifecycle), OutboundGate(lifecycle), WireFinish(lifecycle), Outcome(),
+            DnsGateAddon(lifecycle)]
 
 addons = make_addons()

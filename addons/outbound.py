@@ -26,7 +26,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons import transparent
 from addons.failsafe import fail_closed_flow
-from addons.gatebits import Refuse, hostport, mitmproxy_decrypts, request_operation
+from addons.gatebits import Incomplete, Refuse, hello_server_name, hostport, mitmproxy_decrypts, request_operation
 from addons.lifecycle import NspLifecycle
 from addons.outcome import record_request
 from addons.requesthosts import named_hosts
@@ -34,7 +34,7 @@ from proxy.decision.denials import outbound_denial
 from proxy.decision.engine import attribute_outbound
 from proxy.decision.facts import Decision, OutboundFacts
 from proxy.model import Direction
-from proxy.names.clienthello import looks_like_tls, server_name
+from proxy.names.clienthello import looks_like_tls
 from proxy.names.hostport import same_host
 from proxy.names.normalize import canonical_destination, ip_literal_address, is_ip_literal
 from proxy.names.resolver import ResolutionError
@@ -142,15 +142,11 @@ class OutboundGate:
         data = nextlayer.data_client()
         if not looks_like_tls(data):
             return  # not TLS: it goes to the pinned address (HTTP in it is checked by requestheaders)
-        try:
-            hello = server_name(data)
-        except ValueError as exc:
-            sni = f"<not a readable ClientHello: {exc}>"
-        else:
-            if hello is None:
-                nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
-                return
-            sni = hello.shown if hello.present and not is_ip_literal(tunnel.destination_host) else None
+        sni = hello_server_name(nextlayer, data)
+        if isinstance(sni, Incomplete):
+            return
+        if sni and not sni.startswith("<") and is_ip_literal(tunnel.destination_host):
+            sni = None  # a tunnel to an address: any readable name reaches only that address
         intercept = runtime.policy.config.settings.intercept_tls
         if (sni is None or same_host(sni, tunnel.destination_host, with_port=False)) and intercept \
                 and not mitmproxy_decrypts(data):
@@ -254,9 +250,9 @@ class OutboundGate:
                 self.pins.get(client.id, {}).pop((host.lower(), facts.destination_port), None)
         if flow is not None:
             record_request(runtime, flow, decision, facts, operation=operation, destination_parameters=details)
-        elif not runtime.record(decision, facts, operation=operation, destination_parameters=details) \
-                and runtime.recorder.fails_closed(decision):
-            return replace(decision, allowed=False)  # no record, no connection (as record_request's 503)
+        elif not runtime.recorder.admit(decision, facts, decision.policy or runtime.policy,
+                                        {"operation": operation, "destination_parameters": details}):
+            return replace(decision, allowed=False)  # the log cannot take it: no connection (as record_request)
         return decision
 
     def _pin(self, client: connection.Client, host: str, port: int, address: str) -> None:

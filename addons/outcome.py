@@ -8,7 +8,9 @@ Gates call ``record_request`` where they used to call ``runtime.record`` (same a
     DestinationParameters ``upstreamStatus``/``upstreamError``. ResultAction stays Approved: NSP approved it.
     A record still pending at shutdown is written by ``Runtime.close``;
   - in Enforced mode, a request whose record the access log cannot take (queue full, or the last write failed)
-    is refused with 503 (fail closed) and counted in ``nsp_access_log_refused_requests_total``.
+    is refused with 503 (fail closed) and counted in ``nsp_access_log_refused_requests_total``; one let through
+    before the log started failing has its upstream's answer withheld (the connection is closed) when the
+    log cannot take the record by the time that answer's headers arrive.
 
 Responses: a HEAD request's response never has a body (a denial's body would corrupt the keep-alive connection:
 the client reads it as the next response), and a response without ``Date`` gets one (RFC 9110 6.6.1).
@@ -27,6 +29,7 @@ from proxy.runtime import Runtime
 
 PENDING = "nsp_pending_record"  # flow.metadata key: the Recorder holding this flow's deferred record
 TIMEOUT = "nsp_timeout"  # flow.metadata key set by addons.limits: which timer ended the request
+WITHHELD = "access log unavailable: the upstream's answer was withheld (fail closed)"
 _UNAVAILABLE = b"nsp-proxy: the access log cannot take this request's record; refused (fail closed)\n"
 
 
@@ -66,8 +69,16 @@ class Outcome:
             _complete(flow, None, "client disconnected")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            self._complete(flow, flow.response.status_code, None)
+        if flow.response is None:
+            return
+        recorder = flow.metadata.get(PENDING)
+        if recorder is not None and recorder.withholds(flow.id):
+            # Enforced, and the log started failing while the upstream answered: its answer never reaches the
+            # client (the connection is closed); the record says so and is attempted like a refused one's.
+            self._complete(flow, None, WITHHELD)
+            flow.kill()
+            return
+        self._complete(flow, flow.response.status_code, None)
 
     def response(self, flow: http.HTTPFlow) -> None:
         response = flow.response

@@ -14,19 +14,32 @@ rules, guards, pins and records as a forward-proxy request; what it is decided a
 
 A client naming an allowed host while dialling another address reaches the allowed host's address, not its own
 choice, so the original destination can never carry data to an address no rule allows.
+
+A connection made straight to the transparent listener (a port probe, a health check, a workload dialling the
+proxy) was not redirected: it names no destination. mitmproxy logs that as an error (and an error while it
+starts ends the process); ``DirectConnections`` instead takes the listener's own address as the destination
+(``mitmproxy.platform.original_addr`` wrapped, the same in mitmproxy 11 and 12) and closes such a connection at
+once, with one ``NspProxyRequestRefused`` record, in every mode.
 """
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from mitmproxy import connection
+from mitmproxy import connection, platform
 from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.mode_specs import TransparentMode
 
-from addons.gatebits import Refuse, hostport
-from proxy.names.clienthello import looks_like_tls, server_name
+from addons.gatebits import Incomplete, Refuse, hello_server_name, hostport
+from proxy.decision.clientip import canonical_ip
+from proxy.decision.engine import attribute_outbound
+from proxy.decision.facts import OutboundFacts
+from proxy.decision.wire import Refusal, refusal_decision
+from proxy.model import Direction
+from proxy.names.clienthello import looks_like_tls
 from proxy.names.hostport import parse_authority
 from proxy.names.normalize import is_ip_literal
 
@@ -78,15 +91,9 @@ async def first_bytes(gate: OutboundGate, nextlayer: layer.NextLayer) -> None:
         return
     sni = None
     if looks_like_tls(data):
-        try:
-            hello = server_name(data)
-        except ValueError as exc:
-            sni = f"<not a readable ClientHello: {exc}>"
-        else:
-            if hello is None:
-                nextlayer.layer = None  # ClientHello incomplete: ask again when more arrives
-                return
-            sni = hello.shown if hello.present else None
+        sni = hello_server_name(nextlayer, data)
+        if isinstance(sni, Incomplete):
+            return
         protocol = "HTTPS"
     elif isinstance(nextlayer.layer, layers.HttpLayer):
         return  # mitmproxy reads it as HTTP: requestheaders decides each request by its Host
@@ -108,3 +115,49 @@ async def first_bytes(gate: OutboundGate, nextlayer: layer.NextLayer) -> None:
         return
     context.server.address = (pinned, port)
     nextlayer.layer = layers.TCPLayer(context, ignore=True)  # passed through unread, to the decided address
+
+
+NOT_REDIRECTED = "a connection straight to the transparent listener (not redirected: it names no destination)"
+
+
+class DirectConnections:
+    """Closes connections made straight to the transparent listener, each with one record (see the module)."""
+
+    def __init__(self, lifecycle: NspLifecycle) -> None:
+        self.lifecycle = lifecycle
+
+    def load(self, _loader: Any) -> None:
+        if platform.original_addr is not None and not getattr(platform.original_addr, "nsp_wrapped", False):
+            platform.original_addr = _listener_if_not_redirected(platform.original_addr)
+
+    def client_connected(self, client: connection.Client) -> None:
+        runtime = self.lifecycle.runtime
+        if runtime is None or not is_transparent(client):
+            return
+        host, port = original_destination(client)
+        if port != runtime.policy.config.settings.transparent_listen_port or runtime.own_listener(host, port) is None:
+            return
+        client.error = f"nsp-proxy: {NOT_REDIRECTED}; closed"
+        source_ip, source_port = canonical_ip(client.peername[0]), client.peername[1]
+        resource = attribute_outbound(runtime.policy, port, source_ip)
+        facts = OutboundFacts(resource=resource, source_ip=source_ip, source_port=source_port,
+                              destination_host=host, destination_port=port, protocol="TCP")
+        decision = refusal_decision(runtime.policy, resource, Direction.OUTBOUND, Refusal(0, NOT_REDIRECTED))
+        runtime.record(replace(decision, reason=f"refused by nsp-proxy before any rule: {NOT_REDIRECTED}; "
+                                                "the connection was closed"),
+                       facts, operation=f"TCP {hostport(host, port)}")
+
+
+def _listener_if_not_redirected(original: Callable[[socket.socket], tuple[str, int]],
+                                ) -> Callable[[socket.socket], tuple[str, int]]:
+    """``original_addr`` that answers the listener's own address for a connection no rule redirected (Linux:
+    SO_ORIGINAL_DST fails with ENOENT), instead of raising (which mitmproxy logs as an error)."""
+
+    def original_addr(sock: socket.socket) -> tuple[str, int]:
+        try:
+            return original(sock)
+        except OSError:
+            return sock.getsockname()[:2]
+
+    original_addr.nsp_wrapped = True  # type: ignore[attr-defined]
+    return original_addr

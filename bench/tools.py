@@ -25,47 +25,29 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from proxy.config.loader import parse_config_text  # noqa: E402
-from proxy.decision.engine import decide_inbound, decide_outbound  # noqa: E402
-from proxy.decision.facts import InboundFacts, OutboundFacts  # noqa: E402
-from proxy.policy.compiled import compile_policy  # noqa: E402
-from proxy.records.accesslog import build_record  # noqa: E402
-
-STORE = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Storage/" \
-        "storageAccounts/"
-CONFIG = {"perimeters": [{
-    "name": "p1", "location": "westeurope",
-    "profiles": [{"name": "prof", "accessRules": [
-        {"name": "office", "direction": "Inbound", "addressPrefixes": ["203.0.113.0/24"]},
-        {"name": "api", "direction": "Outbound", "fullyQualifiedDomainNames": ["api.allowed.test"]}]}],
-    "resourceAssociations": [
-        {"name": "learn", "privateLinkResource": {"id": STORE + "learn"}, "profile": "prof", "accessMode": "Learning",
-         "local": {"listen": "127.0.0.1:18080", "upstream": "builtin:demo", "outboundListen": "127.0.0.1:13128"}}]}]}
+from tests.sample_records import CONFIG, inbound, outbound, policy, record  # noqa: E402
 
 
 def generate(path: Path, count: int) -> float:
     """Write ``count`` records to ``path``; the seconds it took."""
     started = time.monotonic()
-    policy = compile_policy(parse_config_text(yaml.safe_dump(CONFIG), "<bench>"), generation=1)
-    inbound = InboundFacts(resource="learn", source_ip="198.51.0.1")
-    outbound = OutboundFacts(resource="learn", source_ip="127.0.0.1", destination_host="n0.bench.test",
-                             destination_port=443)
-    templates = [build_record(decide_inbound(policy, inbound), inbound, policy),
-                 build_record(decide_outbound(policy, outbound), outbound, policy)]
+    compiled = policy()
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    templates = [record(inbound("198.51.0.1"), t0, compiled=compiled),
+                 record(outbound("n0.bench.test"), t0, compiled=compiled)]
     with path.open("w", encoding="utf-8") as out:
         for i in range(count):
-            record = dict(templates[i % 2])
-            record["TimeGenerated"] = (t0 + timedelta(milliseconds=10 * i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            line = dict(templates[i % 2])
+            line["TimeGenerated"] = (t0 + timedelta(milliseconds=10 * i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             if i % 2 == 0:
                 n = (i * 7919) % 5000
-                record["SourceIpAddress"] = f"198.51.{n // 250}.{n % 250 + 1}"
+                line["SourceIpAddress"] = f"198.51.{n // 250}.{n % 250 + 1}"
                 if i % 10 == 0:
-                    record["SourceParameters"] = json.dumps({"subscription": f"{i % 200:08x}-0000-0000-0000-"
+                    line["SourceParameters"] = json.dumps({"subscription": f"{i % 200:08x}-0000-0000-0000-"
                                                                              "000000000000"})
             else:
-                record["DestinationFqdn"] = f"n{(i * 104729) % 1000}.bench{i % 7}.test"
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+                line["DestinationFqdn"] = f"n{(i * 104729) % 1000}.bench{i % 7}.test"
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
     return time.monotonic() - started
 
 

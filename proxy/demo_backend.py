@@ -10,14 +10,18 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from proxy.records.health import anonymous_response
+
 
 class _Handler(BaseHTTPRequestHandler):
-    server_version = "nsp-proxy-demo/1"
     store: dict[str, bytes] = {}
     lock = threading.Lock()
 
     def log_message(self, format: str, *args: object) -> None:
         return  # keep stdout for access logs
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        anonymous_response(self, code, message)  # no Server header naming the software (nor Python's version)
 
     def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)

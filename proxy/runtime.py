@@ -138,8 +138,9 @@ class Runtime:
         with building():
             config = load_config(self.config_path)
             policy = compile_policy(config, self.policy.generation + 1)
-        held = [(host, port) for host, port, _kind in self.policy.listeners]
+        held = preflight.held(self.policy.config, self.policy.listeners)
         problems = preflight.check_listeners(preflight.listeners(config, None), held)
+        problems += preflight.fixed_at_start(self.policy.config, config)
         target = self.access_log_target(config)
         if target != self.writer.target:
             problems += preflight.check_access_log(target, "settings.accessLog")

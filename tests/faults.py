@@ -78,6 +78,39 @@ class Hung:
             s.close()
 
 
+class Held:
+    """An upstream that reads each request's head, then answers ``200 secret`` only once ``release`` is called
+    (``arrived`` is set when a request is being held)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.arrived, self._released = threading.Event(), threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                head += chunk
+            self.arrived.set()
+            self._released.wait(30)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecret")
+
+    def release(self) -> None:
+        self._released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.sock.close()
+
+
 def refused_port() -> int:
     """A loopback port nothing listens on: connecting to it is refused at once."""
     return free_port()

@@ -161,7 +161,8 @@ def start_proxy(config: dict[str, Any] | str, workdir: Path, *, extra_args: list
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy.cli", "run", "--config", str(config_path), "--access-log", str(access_log),
          "--metrics", f"127.0.0.1:{metrics_port}", *(extra_args or [])],
-        cwd=REPO, stdout=stdout, stderr=stderr,
+        cwd=REPO, stdout=subprocess.DEVNULL if stdout == "closed" else stdout, stderr=stderr,
+        preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None,  # stdout="closed": started `>&-`
     )
     running = RunningProxy(process, config_path, access_log, metrics_port, stderr_path, stderr)
     ports = [metrics_port, *(wait_ports if wait_ports is not None else listen_ports(text))]

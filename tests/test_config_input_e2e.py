@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.config import preflight
 from proxy.config.errors import ConfigError
 from proxy.config.loader import load_config
 from tests.support import REPO, free_port, run_cli
@@ -231,6 +232,10 @@ MACHINE = [
                  "Address already in use", id="listener-port-in-use"),
     pytest.param(lambda tmp, port: base_config(outbound=f"127.0.0.1:{port}"), "settings.outbound",
                  "Address already in use", id="outbound-port-in-use"),
+    pytest.param(lambda tmp, port: base_config(transparent=f"127.0.0.1:{port}"), "settings.transparent",
+                 "Address already in use", id="transparent-port-in-use"),
+    pytest.param(lambda tmp, port: base_config(transparent=f"127.0.0.1:{free_port()}", dnsGate=f"127.0.0.1:{port}"),
+                 "settings.dnsGate", "Address already in use", id="dns-gate-port-in-use"),
     pytest.param(lambda tmp, port: base_config(outbound=f"192.0.2.1:{free_port()}"), "settings.outbound",
                  "Cannot assign requested address", id="listen-address-not-on-this-host"),
 ]
@@ -245,6 +250,16 @@ def test_validate_refuses_what_run_cannot_run(tmp_path: Path, taken_port: int, m
     assert run_cli("validate", "--file-only", str(path)).returncode == 0
     run = run_cli("run", "--config", str(path), timeout=30)
     assert_refused(run, path, where, reason)
+
+
+def test_a_dns_gate_port_taken_for_udp_only_is_refused_too() -> None:
+    """The DNS gate listens on UDP as well: a port free for TCP but taken for UDP (a local resolver) is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        problems = preflight.check_listeners([("127.0.0.1", port, "settings.dnsGate")])
+        assert [(p.path, "Address already in use" in p.reason) for p in problems] == [("settings.dnsGate", True)]
+        assert preflight.check_listeners([("127.0.0.1", port, "settings.outbound")]) == []  # TCP only
 
 
 def test_run_checks_the_command_line_overrides(tmp_path: Path, taken_port: int) -> None:

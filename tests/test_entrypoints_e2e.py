@@ -315,6 +315,35 @@ def test_mitmdump_script_refuses_an_invalid_config(tmp_path: Path, backend: Back
     assert backend.hits == []
 
 
+@pytest.mark.parametrize(("entry", "field"), [
+    pytest.param("run", "--metrics", id="nsp-proxy-run"),
+    pytest.param("mitmdump-n", "nsp_metrics", id="mitmdump-readme-command"),
+    pytest.param("mitmdump", "nsp_metrics", id="mitmdump-without-n"),
+])
+def test_a_metrics_port_in_use_is_one_clear_refusal(tmp_path: Path, backend: Backend, entry: str,
+                                                    field: str) -> None:
+    """Under our CLI and under mitmdump alike: one line naming the port and the setting, a non-zero exit, no
+    traceback, none of the configuration's listeners left open."""
+    locked_port, open_port = free_port(), free_port()
+    config = tmp_path / "perimeter.yaml"
+    config.write_text(yaml.safe_dump(native_config(backend, locked_port, open_port), sort_keys=False))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        if entry == "run":
+            command = [sys.executable, "-m", "proxy.cli", "run", "--config", str(config), "--access-log",
+                       str(tmp_path / "access.jsonl"), "--metrics", f"127.0.0.1:{port}"]
+        else:
+            command = mitmdump_command(config, tmp_path, port, no_server=entry == "mitmdump-n")
+        done = subprocess.run(command, cwd=REPO, env=mitmdump_env(), capture_output=True, text=True, timeout=60,
+                              check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "Traceback" not in output, output
+    assert f"{field}: cannot listen on 127.0.0.1:{port}: Address already in use" in output, output
+    assert not port_open(locked_port) and not port_open(open_port)
+    assert backend.hits == []
+
+
 # -- 2. nsp-proxy run on ARM input ----------------------------------------------------------------------------
 
 ARM_SUB = "11111111-2222-3333-4444-555555555555"

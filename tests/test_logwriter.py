@@ -76,3 +76,19 @@ def test_a_reader_that_stops_reading_fills_the_queue_without_blocking() -> None:
     assert writer.close(timeout=0.2) > 0  # still queued when the wait ran out: reported, not waited for
     os.close(read_end)
     os.close(write_end)
+
+
+def test_stderr_never_ends_on_writing_again_while_writes_fail(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                              ) -> None:
+    """A log that fails, recovers and fails again within the repeat interval: the last word is "fail"."""
+    from proxy.records.metrics import Metrics
+    from proxy.records.recorder import Recorder
+
+    recorder = Recorder(Metrics(), str(tmp_path / "a.jsonl"))
+    full = OSError(28, "No space left on device")
+    with caplog.at_level("WARNING", logger="nsp-proxy"):
+        for healthy in (False, True, False, True, False):
+            recorder._state(healthy, None if healthy else full)
+    said = ["fail" if "fail (" in r.message else "again" for r in caplog.records if "access log" in r.message]
+    assert said[-1] == "fail" and said[:3] == ["fail", "again", "fail"]
+    recorder.close()

@@ -51,3 +51,25 @@ def test_transparent_mode_internals_the_sidecar_uses() -> None:
     assert "self.context.layers.remove(self)" in inspect.getsource(layer.NextLayer.__init__)  # not in layers
     assert {"is_running", "last_exception"} <= set(dir(mode_servers.ServerInstance))
     assert "self.mode: M = mode" in inspect.getsource(mode_servers.ServerInstance.__init__)
+
+
+def test_internals_wrapped_for_what_the_proxy_answers_itself() -> None:
+    """addons.errorpages: mitmproxy's HTTP/2 error page names its server in headers it sends through
+    ``BufferedH2Connection.send_headers``; addons.transparent: ``platform.original_addr`` is looked up at each
+    call (``platform.original_addr(s)``, above), so wrapping the module attribute takes effect."""
+    from mitmproxy import platform
+    from mitmproxy.proxy.layers.http import _http_h2
+
+    from addons.transparent import DirectConnections
+
+    assert '(b"server", version.MITMPROXY.encode())' in inspect.getsource(_http2.Http2Connection._handle_event)
+    errorpages.install()
+    errorpages.install()  # idempotent: wrapped once
+    assert _http_h2.BufferedH2Connection.send_headers.nsp_wrapped
+    assert errorpages.without_server_name([(b":status", b"502"), (b"server", errorpages.version.MITMPROXY.encode()),
+                                           (b"content-type", b"text/html")]) == [
+        (b":status", b"502"), (b"content-type", b"text/plain; charset=utf-8")]
+    assert errorpages.without_server_name([(b"server", b"upstream"), (b"content-type", b"text/html")]) == [
+        (b"server", b"upstream"), (b"content-type", b"text/html")]  # forwarded responses are untouched
+    DirectConnections(None).load(None)  # type: ignore[arg-type]
+    assert platform.original_addr is not None and platform.original_addr.nsp_wrapped

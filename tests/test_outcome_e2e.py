@@ -20,6 +20,7 @@ import pytest
 
 from tests.faults import Hung, perimeter, refused_port, store
 from tests.support import Backend, exactly, free_port
+from tests.wire_clients import h2_request, tls_socket
 
 FAST = {"timeouts": {"upstreamConnect": 1, "upstreamResponse": 1}}
 
@@ -73,6 +74,41 @@ def test_allowed_request_outcome_is_in_its_one_record(nsp_proxy, backend: Backen
     assert params(record).get("upstreamError") == error
     assert proxy.metric("nsp_access_log_records_total") == 1
     assert proxy.metric("nsp_decisions_total") == 1
+
+
+@pytest.mark.parametrize("mode", ["Enforced", "Transition"])
+@pytest.mark.parametrize("http2", [pytest.param(False, id="http1.1"), pytest.param(True, id="h2")])
+def test_the_proxys_own_error_pages_name_no_server_software(nsp_proxy, mode: str, http2: bool) -> None:
+    """mitmproxy's own 502, on HTTP/1.1 and on HTTP/2 (TLS with ALPN on the reverse listener): no Server
+    header (mitmproxy sends ``server: mitmproxy <version>`` on HTTP/2 itself), a plain-text body."""
+    listen = free_port()
+    nsp_proxy(perimeter(store("st", listen, f"http://127.0.0.1:{refused_port()}", mode=mode)))
+    if http2:
+        with tls_socket(listen, ["h2"]) as sock:
+            answer = h2_request(sock, [(":method", "GET"), (":scheme", "https"), (":authority", "st"),
+                                       (":path", "/c/b")])
+        status, headers, text = answer.status, answer.headers, answer.body.decode()
+    else:
+        response = httpx.get(f"https://127.0.0.1:{listen}/c/b", verify=False, timeout=15)
+        status, headers, text = response.status_code, dict(response.headers), response.text
+    assert status == 502
+    assert "server" not in headers, headers
+    assert headers["content-type"].startswith("text/plain")
+    assert "mitmproxy" not in text.lower() and text.startswith("nsp-proxy: ")
+
+
+def test_the_metrics_port_and_the_demo_backend_name_no_server_software(nsp_proxy) -> None:
+    listen = free_port()
+    proxy = nsp_proxy(perimeter(store("st", listen, "builtin:demo")))
+    answers = [httpx.get(f"http://127.0.0.1:{proxy.metrics_port}{path}", timeout=10) for path in ("/metrics",
+                                                                                                 "/healthz")]
+    answers.append(httpx.get(f"http://127.0.0.1:{listen}/c/b", timeout=10))  # the built-in demo upstream
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.headers.get("server") for a in answers] == [None, None, None]
+    with socket.create_connection(("127.0.0.1", proxy.metrics_port), timeout=10) as sock:
+        sock.sendall(b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n")  # an error page of the server's own
+        head = sock.recv(65536).split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.") and b" 414 " in head.split(b"\r\n")[0] and b"server:" not in head, head
 
 
 def test_client_that_leaves_before_the_answer_still_gets_its_record(nsp_proxy, hung) -> None:

@@ -122,7 +122,7 @@ def _listen_udp(seen: list[bytes], port: int = 0) -> socket.socket:
 
 
 @contextmanager
-def sidecar_env(tmp: Path, mode: str) -> Iterator[Sidecar]:
+def sidecar_env(tmp: Path, mode: str, extra_args: list[str] | None = None) -> Iterator[Sidecar]:
     tag = f"{os.getpid() % 100000}{mode[0].lower()}"
     w, b = f"nspw{tag}", f"nspb{tag}"
     shared = Path(tempfile.mkdtemp(prefix="nsp-sidecar-"))  # readable by nobody: the client and the CA
@@ -153,9 +153,9 @@ def sidecar_env(tmp: Path, mode: str) -> Iterator[Sidecar]:
         udp_443 = netns.inside(b, _listen_udp, udp_seen, 443)
         cleanup += [closed.close, udp_any.close, udp_443.close]
         config = _config(mode, dnsmasq.port)
-        # Not a connection to the transparent port: without a redirect it has no original destination, which
-        # mitmproxy logs as an error (and an error during startup ends it).
-        proxy = netns.inside(w, start_proxy, config, tmp / "proxy", wait_ports=[])
+        # Not a connection to the transparent port: without a redirect it names no destination, and is closed
+        # with a record (tests/test_sidecar_faults_e2e.py), which the exact record counts here would see.
+        proxy = netns.inside(w, start_proxy, config, tmp / "proxy", wait_ports=[], extra_args=extra_args)
         cleanup.append(proxy.stop)
         proxy.wait_for_stderr("DNS gate listening", timeout=20)
         setup = subprocess.run(
@@ -296,6 +296,28 @@ def test_transition_answers_and_logs_would_deny(tmp_path: Path) -> None:
         assert record["ResultAction"] == "Approved" and record["Category"] == "NspPublicOutboundResourceRulesAllowed"
         queries = env.records("denied.test", dns=True)
         assert queries and all(q["Category"] == "NspProxyDnsQueryAllowed" for q in queries)
+
+
+@pytest.mark.parametrize(("mode", "after"), [pytest.param("Enforced", "000", id="Enforced"),
+                                             pytest.param("Transition", "200", id="Transition")])
+def test_a_tls_connection_the_log_cannot_record_is_refused_in_enforced(tmp_path: Path, mode: str,
+                                                                       after: str) -> None:
+    """The access log fails (/dev/full): the first connection's record is the first to fail; from then on an
+    Enforced transparent TLS connection is closed before any byte reaches the backend, and counted."""
+    with sidecar_env(tmp_path, mode, ["--access-log", "/dev/full"]) as env:
+        url = f"https://allowed.test:{env.https.port}/tls"
+        pinned = f"allowed.test:{env.https.port}:{B_ADDR}"  # the DNS gate refuses too in Enforced: not asked
+
+        def metric(name: str) -> float:
+            return netns.inside(env.w, env.proxy.metric, name)
+
+        assert env.curl(url, "--resolve", pinned) == "200"
+        assert wait_until(lambda: metric("nsp_access_log_errors_total") >= 1, timeout=10) is not None
+        hits = len(env.https.hits)
+        assert env.curl(url, "--resolve", pinned) == after
+        assert len(env.https.hits) == (hits if after == "000" else hits + 1)
+        assert metric("nsp_access_log_refused_requests_total") == (1 if after == "000" else 0)
+        assert "Traceback" not in env.proxy.stderr()
 
 
 def test_healthz_reports_the_sidecar_listeners(enforced: Sidecar) -> None:

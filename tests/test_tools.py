@@ -5,7 +5,7 @@ real record builder, so they have exactly the shape the proxy writes."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,52 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config.loader import parse_config_text
-from proxy.decision.engine import decide_inbound, decide_outbound
-from proxy.decision.facts import InboundFacts, OutboundFacts
-from proxy.policy.compiled import compile_policy
-from proxy.records.accesslog import build_record
+from proxy.decision.facts import OutboundFacts
 from proxy.tools import aggregate
 from proxy.tools.common import Evidence
 from proxy.tools.logread import entry_from, parse_line, read_entries
 from proxy.tools.replay import ALLOWED_TO_DENIED, DENIED_TO_ALLOWED, replay
 from proxy.tools.suggest import ADDRESSES, FQDNS, SUBSCRIPTIONS, Options, suggest
+from tests.sample_records import CONFIG, T0, inbound, outbound, record
 from tests.support import run_cli
-
-STORE = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Storage/" \
-        "storageAccounts/"
-CONFIG: dict[str, Any] = {"perimeters": [{
-    "name": "p1", "location": "westeurope",
-    "profiles": [{"name": "prof", "accessRules": [
-        {"name": "office", "direction": "Inbound", "addressPrefixes": ["203.0.113.0/24"]},
-        {"name": "api", "direction": "Outbound", "fullyQualifiedDomainNames": ["api.allowed.test"]}]}],
-    "resourceAssociations": [
-        {"name": "learn", "privateLinkResource": {"id": STORE + "learn"}, "profile": "prof", "accessMode": "Learning",
-         "local": {"listen": "127.0.0.1:18080", "upstream": "builtin:demo", "outboundListen": "127.0.0.1:13128"}},
-        {"name": "strict", "privateLinkResource": {"id": STORE + "strict"}, "profile": "prof",
-         "accessMode": "Enforced", "local": {"listen": "127.0.0.1:18081", "upstream": "builtin:demo"}}]}]}
-T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-def policy(config: dict[str, Any] | None = None) -> Any:
-    return compile_policy(parse_config_text(yaml.safe_dump(config or CONFIG), "<test>"), generation=1)
-
-
-def record(facts: InboundFacts | OutboundFacts, when: datetime = T0, config: dict[str, Any] | None = None,
-           ) -> dict[str, Any]:
-    """The record the proxy writes for ``facts`` under ``config`` (default ``CONFIG``)."""
-    compiled = policy(config)
-    decision = decide_inbound(compiled, facts) if isinstance(facts, InboundFacts) else decide_outbound(compiled, facts)
-    source = {"subscription": facts.subscription} if isinstance(facts, InboundFacts) else None
-    return build_record(decision, facts, compiled, when=when, source_parameters=source)
-
-
-def inbound(ip: str, subscription: str | None = None, resource: str = "learn") -> InboundFacts:
-    return InboundFacts(resource=resource, source_ip=ip, subscription=subscription)
-
-
-def outbound(host: str, guard: str | None = None, resource: str | None = "learn") -> OutboundFacts:
-    return OutboundFacts(resource=resource, source_ip="127.0.0.1", destination_host=host, destination_port=443,
-                         refused_by_guard=guard)
 
 
 def records_for(count: int) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from proxy.cli import explain, run, sidecar_setup, validate
 from proxy.cli.common import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STATUS, demo_config_path
+from proxy.records.logwriter import hold_closed_stdio
 from proxy.tools import commands as tools
 
 DESCRIPTION = """\
@@ -37,6 +38,7 @@ associated resource (inbound rules: source IP, subscription) and a forward proxy
 
 
 def main(argv: list[str] | None = None) -> int:
+    hold_closed_stdio()  # before anything is opened: descriptor 1 must never be a socket or a file
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -4,7 +4,8 @@ access-log target.
 ``validate`` and ``run`` refuse a configuration whose listener or metrics port is taken or cannot be bound
 here (an address this host does not have), or whose access log is a directory or a path that cannot be
 encoded, with the field that names it: ``validate`` accepts exactly what ``run`` can run. A reload checks the
-listeners it would add and the access log it would switch to, before anything is swapped.
+listeners it would add and the access log it would switch to, before anything is swapped, and refuses to
+change what is only read at start (``fixed_at_start``: the DNS gate's address).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import stat
 from collections.abc import Iterable
 
 from proxy.config.errors import Problem
-from proxy.model import Config
+from proxy.model import Config, Settings
 
 Endpoint = tuple[str, int]
 
@@ -50,7 +51,40 @@ def listeners(config: Config, metrics: Endpoint | None, metrics_field: str = "se
             if local.outbound_listen_port:
                 out.append((local.outbound_listen_host or "127.0.0.1", local.outbound_listen_port,
                             f"{at}.outboundListen"))
+    if settings.transparent_listen_port:
+        out.append((settings.transparent_listen_host or "127.0.0.1", settings.transparent_listen_port,
+                    "settings.transparent"))
+    gate = dns_gate(settings)
+    if gate:
+        out.append((*gate, DNS_GATE_FIELD))
     return out
+
+
+DNS_GATE_FIELD = "settings.dnsGate"  # listens on UDP as well as TCP
+
+
+def dns_gate(settings: Settings) -> Endpoint | None:
+    """Where the DNS gate listens (None: no gate)."""
+    port = settings.dns_gate_listen_port
+    return ((settings.dns_gate_listen_host or "127.0.0.1").strip("[]"), port) if port else None
+
+
+def held(config: Config, listeners: Iterable[tuple[str, int, str]]) -> list[Endpoint]:
+    """What a proxy running ``config`` (with these mitmproxy ``listeners``) holds itself: a reload may keep them."""
+    gate = dns_gate(config.settings)
+    return [(host, port) for host, port, _kind in listeners] + ([gate] if gate else [])
+
+
+def fixed_at_start(running: Config, new: Config) -> list[Problem]:
+    """What a reload to ``new`` would change that is only read at start. The DNS gate's sockets are opened once:
+    a gate that moved, appeared or went away would leave the running gate on an address the file no longer
+    names, so such a reload is refused as a whole (the generation in force stays) and needs a restart."""
+    before, after = dns_gate(running.settings), dns_gate(new.settings)
+    if before == after:
+        return []
+    return [Problem(DNS_GATE_FIELD, f"the DNS gate listens on {_show(*before) if before else 'nothing'} since start "
+                                    f"and cannot move to {_show(*after) if after else 'nothing'} on a reload: "
+                                    "restart nsp-proxy to change settings.dnsGate")]
 
 
 def check_listeners(wanted: Iterable[tuple[str, int, str]], held: Iterable[Endpoint] = ()) -> list[Problem]:
@@ -63,7 +97,7 @@ def check_listeners(wanted: Iterable[tuple[str, int, str]], held: Iterable[Endpo
         if endpoint in mine or endpoint in seen:  # shared outbound listeners are opened once
             continue
         seen.add(endpoint)
-        why = _bind_error(*endpoint)
+        why = _bind_error(*endpoint) or (_bind_error(*endpoint, socket.SOCK_DGRAM) if field == DNS_GATE_FIELD else None)
         if why:
             problems.append(Problem(field, f"cannot listen on {_show(*endpoint)}: {why}"))
     return problems
@@ -100,17 +134,18 @@ def check_access_log(target: str, field: str) -> list[Problem]:
     return []
 
 
-def _bind_error(host: str, port: int) -> str | None:
-    """Why a TCP listener on host:port cannot be opened now (None: it can). Bound as asyncio binds, with
-    SO_REUSEADDR, so a port in TIME_WAIT is free and one another process listens on is not."""
+def _bind_error(host: str, port: int, kind: int = socket.SOCK_STREAM) -> str | None:
+    """Why a TCP (or UDP) listener on host:port cannot be opened now (None: it can). Bound as asyncio binds,
+    with SO_REUSEADDR, so a port in TIME_WAIT is free and one another process listens on is not."""
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError) as exc:
         return f"cannot resolve {host!r:.100} ({getattr(exc, 'strerror', None) or exc})"
     family, kind, proto, _name, address = infos[0]
     try:
         with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if kind == socket.SOCK_STREAM:  # asyncio sets it for TCP servers only
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             probe.bind(address)

@@ -11,6 +11,8 @@ Each query is decided like an outbound request to the queried name (protocol ``D
   Enforced     a name no rule allows gets NXDOMAIN and is never looked up anywhere (the query cannot carry
                data out through a recursive resolver)
   Transition   such a name is resolved and answered, and recorded as would-deny
+  log failing  in Enforced, a query the access log cannot take (queue full, writes failing: ``proxy.records.recorder``)
+               is answered REFUSED and never looked up; Transition answers it and counts the lost record
 
 Servers: UDP and TCP on the same address (asyncio, messages parsed by dnspython). Bounded: UDP queries over
 512 bytes and TCP messages over ``MAX_TCP_MESSAGE`` are dropped, at most ``MAX_PENDING_UDP`` UDP queries are
@@ -90,6 +92,7 @@ class DnsGate:
         if runtime is None:
             response.set_rcode(dns.rcode.REFUSED)
             return response.to_wire()
+        self.answers.limit = runtime.policy.config.settings.dns_gate_memory  # a reload may change it
         question = query.question[0]
         await self._decide(runtime, question, peer, response, transport)
         return response.to_wire()
@@ -109,6 +112,18 @@ class DnsGate:
                               destination_port=53, protocol=f"DNS:{transport}")
         decision = runtime.decide_outbound(facts)
         details = {PARAM_DNS_QTYPE: qtype}
+        operation = f"DNS {qtype} {name}"
+        recorder = runtime.recorder
+        if decision.allowed and recorder.fails_closed(decision) and not recorder.accepting():
+            # Enforced, and the log cannot take this query's record: it is never looked up (a lookup carries
+            # the name out) and is answered REFUSED, as an HTTP request is answered 503.
+            response.set_rcode(dns.rcode.REFUSED)
+            details[PARAM_DNS_RCODE] = "REFUSED"
+            recorder.refuse(_with_category(decision, Category.DNS_QUERY_ALLOWED), facts,
+                            decision.policy or runtime.policy,
+                            {"operation": operation, "destination_parameters": details},
+                            "access log unavailable", status=None)
+            return
         found: tuple[str, ...] = ()
         if decision.allowed and not addresses.is_literal(name) and question.rdtype in (
                 dns.rdatatype.A, dns.rdatatype.AAAA):
@@ -130,7 +145,7 @@ class DnsGate:
         if found:
             details[PARAM_DNS_ANSWERS] = ",".join(found)
         category = Category.DNS_QUERY_ALLOWED if decision.allowed else Category.DNS_QUERY_DENIED
-        runtime.record(_with_category(decision, category), facts, operation=f"DNS {qtype} {name}",
+        runtime.record(_with_category(decision, category), facts, operation=operation,
                        destination_parameters=details)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
@@ -24,9 +24,38 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _Anonymous(ServerHandler):
+    server_software = ""  # no Server header: the metrics port never names the software behind it
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: not worth a line
         return
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """``send_error``'s pages (a bad request line) without the Server header (wsgiref: ``WSGIServer/0.2
+        CPython/3.x``)."""
+        anonymous_response(self, code, message)
+
+    def handle(self) -> None:
+        """``WSGIRequestHandler.handle`` (Python 3.11-3.13) with a handler that sends no Server header."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        handler = _Anonymous(self.rfile, self.wfile, self.get_stderr(), self.get_environ(), multithread=False)
+        handler.request_handler = self  # type: ignore[attr-defined]
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+
+def anonymous_response(handler: Any, code: int, message: str | None = None) -> None:
+    """``BaseHTTPRequestHandler.send_response`` without the Server header that names the software."""
+    handler.log_request(code)
+    handler.send_response_only(code, message)
+    handler.send_header("Date", handler.date_time_string())
 
 
 def _server_class(host: str) -> type[_Server]:

@@ -6,18 +6,28 @@ SIGTERM. The thread takes everything queued at once and writes it with one ``wri
 first lingers ``LINGER`` (5 ms) so that the lines of the next few requests share the batch: a busy proxy then
 pays one wake-up and one ``write`` per few requests, not per request.
 
-A line is written whole or not at all. Before a batch, the thread notes the file's size; when a write fails part
-way (disk full), it truncates the file back to that size and writes the batch's lines one by one, each again
-whole or truncated away, so a failure never leaves a partial line that the next record would be glued onto. On a
-pipe, which cannot be truncated, a partial line is ended with a newline instead. Every line is counted exactly
-once: written (``on_written``) or failed (``on_failed`` with the error), and the writer is ``healthy`` from the
-first failed write until the next successful one.
+A line is written whole or not at all. On a regular file the thread first reserves the batch's bytes past the
+end of the file (``fallocate`` with ``FALLOC_FL_KEEP_SIZE``, Linux): on a full disk the reservation fails and
+nothing is written, so no reader ever sees a partial line. Where that is not available, it notes the file's
+size before a batch and, when a write fails part way, truncates the file back to that size. A failed batch is
+then written line by line, each again whole or not at all. On a pipe, which cannot be truncated, a partial
+line is ended with a newline instead. Every line is counted exactly once: written (``on_written``) or failed
+(``on_failed`` with the error).
+
+The writer is *failing* (``healthy`` False) from the first failed write until the next successful one; while
+failing, an Enforced gate refuses what it would let through (``Recorder``), and each refused request's record
+is queued all the same, so that it is the next write attempt. A full disk is also probed without traffic:
+every ``PROBE_INTERVAL`` the thread reserves ``PROBE_BYTES`` at the end of the file; when that succeeds the
+writer is healthy again. ``on_state`` hears each change (from the writer thread).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import os
 import stat
 import threading
@@ -28,6 +38,9 @@ DEFAULT_QUEUE_SIZE = 10_000  # records; at ~700 bytes each, at most ~7 MB waitin
 DEFAULT_FLUSH_TIMEOUT = 5.0  # seconds close() waits for queued records to be written at shutdown
 LINGER = 0.005  # seconds the thread waits, once woken, for more lines to share the write (not when closing)
 LINGER_ENOUGH = 256  # lines already queued that make a batch worth writing without lingering
+PROBE_INTERVAL = 0.5  # seconds between two checks whether a full disk has room again, while failing
+PROBE_BYTES = 4096  # what such a check reserves: room for a few records (one page)
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)  # errors a probe can see the end of
 
 
 class AccessLogWriter:
@@ -35,11 +48,13 @@ class AccessLogWriter:
 
     def __init__(self, target: str, *, queue_size: int = DEFAULT_QUEUE_SIZE,
                  on_written: Callable[[int], None] = lambda n: None,
-                 on_failed: Callable[[int, OSError], None] = lambda n, exc: None):
+                 on_failed: Callable[[int, OSError], None] = lambda n, exc: None,
+                 on_state: Callable[[bool, OSError | None], None] = lambda healthy, exc: None):
         self.target = target
         self.capacity = max(1, queue_size)
         self.healthy = True
-        self._on_written, self._on_failed = on_written, on_failed
+        self._on_written, self._on_failed, self._on_state = on_written, on_failed, on_state
+        self._last_error: OSError | None = None
         if target == "-":
             self._fd = os.dup(1)  # our own descriptor: closing it never closes the process's stdout
         else:
@@ -95,21 +110,10 @@ class AccessLogWriter:
     # -- the writer thread ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._idle = True
-                    self._cond.wait()
-                self._idle = False
-                linger = not self._closing and len(self._queue) < LINGER_ENOUGH
-            if linger:
-                time.sleep(LINGER)  # lines submitted meanwhile join this batch (and notify nobody)
-            with self._cond:
-                if not self._queue:
-                    break
-                batch = list(self._queue)
-                self._queue.clear()
-                self._busy = sum(weight for _, weight in batch)
+        while (batch := self._next_batch()) is not None:
+            if not batch:
+                self._probe()
+                continue
             self._write_batch(batch)
             with self._cond:
                 self._busy = 0
@@ -120,11 +124,30 @@ class AccessLogWriter:
             pass
         os.close(self._fd)
 
+    def _next_batch(self) -> list[tuple[bytes, int]] | None:
+        """What is queued (after lingering for more), [] when a probe is due, None when closed and done."""
+        with self._cond:
+            if not self._queue and not self._closing:
+                self._idle = True
+                self._cond.wait(None if self.healthy else PROBE_INTERVAL)
+                self._idle = False
+                if not self._queue and not self._closing:
+                    return []
+            linger = not self._closing and len(self._queue) < LINGER_ENOUGH
+        if linger:
+            time.sleep(LINGER)  # lines submitted meanwhile join this batch (and notify nobody)
+        with self._cond:
+            if not self._queue:
+                return None
+            batch = list(self._queue)
+            self._queue.clear()
+            self._busy = sum(weight for _, weight in batch)
+        return batch
+
     def _write_batch(self, batch: list[tuple[bytes, int]]) -> None:
         error = self._write_whole(b"".join(line for line, _ in batch))
         if error is None:
-            self.healthy = True
-            self._on_written(sum(weight for _, weight in batch))
+            self._succeeded(sum(weight for _, weight in batch))
             return
         if len(batch) == 1:
             self._failed(batch[0][1], error)
@@ -132,14 +155,32 @@ class AccessLogWriter:
         for line, weight in batch:  # a failed batch: as many of its lines as fit, each whole
             error = self._write_whole(line)
             if error is None:
-                self.healthy = True
-                self._on_written(weight)
+                self._succeeded(weight)
             else:
                 self._failed(weight, error)
 
+    def _probe(self) -> None:
+        """While failing on a full disk: healthy again as soon as the file's disk has room (nothing written)."""
+        error = self._last_error
+        if self.healthy or not self._seekable or error is None or error.errno not in _NO_ROOM:
+            return  # a pipe or a device: the next record written is the probe
+        with contextlib.suppress(OSError):
+            if _reserve(self._fd, os.fstat(self._fd).st_size, PROBE_BYTES):
+                self._set_state(True, None)
+
+    def _succeeded(self, count: int) -> None:
+        self._set_state(True, None)
+        self._on_written(count)
+
     def _failed(self, count: int, error: OSError) -> None:
-        self.healthy = False
+        self._set_state(False, error)
         self._on_failed(count, error)
+
+    def _set_state(self, healthy: bool, error: OSError | None) -> None:
+        self._last_error = error
+        if healthy != self.healthy:
+            self.healthy = healthy
+            self._on_state(healthy, error)
 
     def _write_whole(self, data: bytes) -> OSError | None:
         """Write all of ``data``, or leave the file as it was (None: written)."""
@@ -148,6 +189,7 @@ class AccessLogWriter:
         try:
             if self._seekable:
                 start = os.fstat(self._fd).st_size
+                _reserve(self._fd, start, len(data))  # a full disk fails here, before any byte is written
             while view:
                 view = view[os.write(self._fd, view):]
             return None
@@ -162,3 +204,40 @@ class AccessLogWriter:
                 os.ftruncate(self._fd, start)
             else:
                 os.write(self._fd, b"\n")  # a pipe: end the broken line so the next record starts its own
+
+
+def hold_closed_stdio() -> None:
+    """Put a pipe nobody reads on stdout and stderr when the process was started without them (``>&-``).
+    Otherwise the next file or socket opened takes descriptor 1, and an access log on stdout (``-``) would be
+    written into it. Writes now fail with EPIPE, as when a stdout reader went away: the log is failing."""
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            read_end, write_end = os.pipe()  # the lowest free descriptors: ``fd`` may be one of them
+            os.dup2(write_end, fd)  # when read_end is fd, this closes it: no reader either way
+            for extra in {read_end, write_end} - {fd}:
+                os.close(extra)
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_fallocate: Callable[..., int] | None = None
+with contextlib.suppress(OSError, AttributeError, TypeError):  # not Linux/glibc: the truncating fallback only
+    _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    _fallocate = _libc.fallocate
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    _fallocate.restype = ctypes.c_int
+
+
+def _reserve(fd: int, offset: int, length: int) -> bool:
+    """Allocate ``length`` bytes of disk at ``offset`` without changing the file's size, so that writing them
+    cannot fail for want of room. True: reserved; False: this file system (or platform) cannot reserve.
+    OSError (ENOSPC, EDQUOT, ...): there is no room."""
+    if _fallocate is None or length <= 0:
+        return False
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENODEV, errno.EINVAL):
+        return False
+    raise OSError(code, os.strerror(code))

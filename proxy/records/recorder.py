@@ -48,7 +48,8 @@ class Recorder:
         self.queue_size, self.flush_timeout = queue_size, flush_timeout
         self.records_written = 0  # by every writer this recorder had (reloads and SIGHUP replace the writer)
         self._count_lock = threading.Lock()
-        self._last_error_log = 0.0
+        self._last_error_log: dict[str, float] = {}  # what was complained about -> when (each kind limited)
+        self._said_recovered = False  # the last word on stderr about the writer's state was "writing again"
         self._pending: dict[Any, tuple[Decision, Facts, Policy, dict[str, Any]]] = {}
         self._diagnostic = False
         self._aggregator: Aggregator | None = None
@@ -84,7 +85,8 @@ class Recorder:
         if self.writer.submit(line, weight):
             return healthy
         self.metrics.log_dropped.inc(weight)
-        self._complain(f"access log: queue full ({self.writer.capacity} records), {weight} record(s) dropped")
+        self._complain("full", f"access log: queue full ({self.writer.capacity} records), {weight} record(s) "
+                               "dropped; Enforced associations refuse requests with 503 while it is full")
         return False
 
     def _emit(self, record: dict[str, Any], context: str) -> None:
@@ -117,11 +119,28 @@ class Recorder:
         return decision.mode is AccessMode.ENFORCED
 
     def refuse(self, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any],
-               why: str) -> None:
-        """An Enforced request the log could not take: it is answered 503; its record is still attempted
-        (when it is written, the log has recovered)."""
+               why: str, status: int | None = 503) -> None:
+        """An Enforced request the log could not take: it is answered ``status`` (503; None for a DNS query,
+        answered REFUSED); its record is still attempted (when it is written, the log has recovered)."""
         self.metrics.log_refused.inc()
-        self.record(decision, facts, policy, _with_outcome(details, 503, why))
+        self.record(decision, facts, policy, _with_outcome(details, status, why))
+
+    def admit(self, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any]) -> bool:
+        """Record a connection's decision now; False when Enforced must refuse what it allowed because the log
+        cannot take the record (then refused, counted, and the record says so, as ``refuse``)."""
+        if decision.allowed and self.fails_closed(decision) and not self.accepting():
+            self.refuse(decision, facts, policy, details, "access log unavailable", status=None)
+            return False
+        return self.record(decision, facts, policy, details) or not self.fails_closed(decision)
+
+    def withholds(self, key: Any) -> bool:
+        """Whether the answer to the deferred request ``key`` must be withheld: Enforced let it through while
+        the log was writable, and now it cannot take its record. Counted as a refused request."""
+        pending = self._pending.get(key)
+        if pending is None or not self.fails_closed(pending[0]) or self.accepting():
+            return False
+        self.metrics.log_refused.inc()
+        return True
 
     def defer(self, key: Any, decision: Decision, facts: Facts, policy: Policy, details: dict[str, Any]) -> None:
         self._pending[key] = (decision, facts, policy, details)
@@ -141,7 +160,7 @@ class Recorder:
 
     def _open(self, target: str) -> AccessLogWriter:
         return AccessLogWriter(target, queue_size=self.queue_size, on_written=self._written,
-                               on_failed=self._failed)
+                               on_failed=self._failed, on_state=self._state)
 
     def replace(self, target: str) -> None:
         """Open ``target`` (OSError if it cannot be) and write there from now on; the old writer finishes its
@@ -172,15 +191,35 @@ class Recorder:
 
     def _failed(self, count: int, error: OSError) -> None:  # writer thread
         self.metrics.log_errors.labels("write").inc(count)
-        self._complain(f"access log: cannot write to {self.writer.target}: {error.strerror or error}; "
-                       f"{count} record(s) lost")
+        self._complain("write", f"access log: cannot write to {self.writer.target}: {error.strerror or error}; "
+                                f"{count} record(s) lost")
 
-    def _complain(self, message: str) -> None:
+    def _state(self, healthy: bool, error: OSError | None) -> None:  # writer thread
+        """Says when Enforced starts and stops failing closed because the log cannot be written."""
+        if healthy:
+            self._said_recovered = self._complain(
+                "recovered", f"access log: writing to {self.writer.target} again; Enforced associations serve "
+                             "requests again", logging.WARNING) or self._said_recovered
+        else:
+            if self._said_recovered:  # stderr must never end on "again" while writes fail
+                self._last_error_log.pop("failing", None)
+                self._said_recovered = False
+            why = (error.strerror if error else None) or error
+            self._complain("failing", f"access log: writes to {self.writer.target} fail ({why}): until one "
+                                      "succeeds, Enforced associations refuse every request they would let "
+                                      "through with 503 (fail closed); Transition and Audit serve and count "
+                                      "the lost records")
+
+    def _complain(self, kind: str, message: str, level: int = logging.ERROR) -> bool:
+        """One stderr line per ``kind`` per ERROR_LOG_INTERVAL (each failure is counted all the same); True
+        when this one was printed."""
         now = time.monotonic()
-        if now - self._last_error_log >= ERROR_LOG_INTERVAL:
-            self._last_error_log = now
-            log.error("%s (counted in the nsp_access_log_* metrics; repeats are not printed for %.0fs)",
-                      message, ERROR_LOG_INTERVAL)
+        if now - self._last_error_log.get(kind, -ERROR_LOG_INTERVAL) < ERROR_LOG_INTERVAL:
+            return False
+        self._last_error_log[kind] = now
+        log.log(level, "%s (counted in the nsp_access_log_* metrics; repeats are not printed for %.0fs)",
+                message, ERROR_LOG_INTERVAL)
+        return True
 
 
 def category_enabled(decision: Decision, policy: Policy) -> bool:
