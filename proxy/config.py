@@ -102,6 +102,7 @@ class _Validator:
         self.warnings: list[str] = []
         self.origins: dict[str, arm.Origin] = {}  # native path prefix -> where an ARM import got it from
         self.files: list[str] = [source]
+        self.bindings: dict[str, dict[str, Any]] = {}  # settings.management.bindings by lower-cased resource ID
 
     def fail(self, path: str, reason: str) -> None:
         """Record a problem at ``path``; paths that came from an ARM file are reported in that file's terms."""
@@ -136,7 +137,7 @@ class _Validator:
         perimeters = tuple(
             self._perimeter(p, f"perimeters[{i}]") for i, p in enumerate(document.get("perimeters") or [])
         )
-        if not perimeters:
+        if not perimeters and not settings.management_listen_port:  # managed: perimeters come from the API
             self.fail("perimeters", "at least one perimeter is required")
         self._check_global(perimeters, settings, document)
         if not self.problems:
@@ -288,7 +289,18 @@ class _Validator:
             dns_gate_listen_host=dns_gate[0],
             dns_gate_listen_port=dns_gate[1],
             dns_gate_memory=int(raw.get("dnsGateMemory", base.dns_gate_memory)),
+            **self._management(raw.get("management")),
         )
+
+    def _management(self, raw: dict[str, Any] | None) -> dict[str, Any]:
+        """settings.management (proxy/control). Its bindings give associations without ``local`` theirs."""
+        if not raw:
+            return {}
+        listen = self.attempt("settings.management.listen", parse_endpoint, raw["listen"]) or (None, None)
+        self.bindings = {str(rid).lower(): local for rid, local in (raw.get("bindings") or {}).items()}
+        return {"management_listen_host": listen[0], "management_listen_port": listen[1],
+                "management_token": raw.get("token"), "management_state_file": raw.get("stateFile"),
+                "management_cert_file": raw.get("certFile")}
 
     def _optional_endpoint(
         self, path: str, raw: dict[str, Any], key: str, host: str | None, port: int | None
@@ -402,8 +414,10 @@ class _Validator:
             self.fail(f"{path}.profile", f"unknown profile {profile_ref!r} in perimeter {perimeter!r} "
                                          f"(profiles: {known})")
         mode = AccessMode.parse(raw.get("accessMode", "Learning"))
-        local = self._local(raw.get("local") or {}, f"{path}.local")
         resource_id = _ref_id(raw["privateLinkResource"]).strip()
+        bound = self.bindings.get(resource_id.lower())  # settings.management.bindings, by resource ID
+        local = self._local(raw.get("local") or bound or {}, f"{path}.local" if "local" in raw or not bound
+                            else f"settings.management.bindings.{resource_id}")
         if "/providers/" not in resource_id.lower():
             self.fail(f"{path}.privateLinkResource.id", f"{resource_id!r} is not an Azure resource ID "
                                                         "(expected /subscriptions/.../providers/...)")
@@ -465,6 +479,8 @@ class _Validator:
             self._claim(listeners, settings.transparent_listen_port, "settings.transparent")
         if settings.dns_gate_listen_port:
             self._claim(listeners, settings.dns_gate_listen_port, "settings.dnsGate")
+        if settings.management_listen_port:
+            self._claim(listeners, settings.management_listen_port, "settings.management.listen")
         resources: dict[str, str] = {}
         for pi, perimeter in enumerate(perimeters):
             for ai, assoc in enumerate(perimeter.associations):

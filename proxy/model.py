@@ -168,6 +168,12 @@ class Settings:
     dns_gate_listen_host: str | None = None
     dns_gate_listen_port: int | None = None
     dns_gate_memory: int = 4096  # (address -> name) answers the DNS gate remembers for transparent connections
+    # Management API (README "Manage it like Azure"; proxy/control): off unless a listen endpoint is given.
+    management_listen_host: str | None = None
+    management_listen_port: int | None = None
+    management_token: str | None = None  # the one bearer token accepted; None: any bearer token (a test tool)
+    management_state_file: str | None = None  # None: <config file>.state.yaml
+    management_cert_file: str | None = None  # the CA clients trust; None: management-ca.pem beside the state file
 
 
 @dataclass(frozen=True)
