@@ -28,6 +28,7 @@ from typing import Any
 
 from proxy import preflight
 from proxy.config import load_config
+from proxy.control import commands as control_commands
 from proxy.decision import Decision, InboundFacts, OutboundFacts
 from proxy.engine import decide_inbound, decide_outbound
 from proxy.errors import ConfigError
@@ -146,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     example.set_defaults(handler=lambda _args: print(demo_config_path().read_text(), end="") or EXIT_OK)
 
     tools.add_parsers(sub)  # suggest, replay, report (proxy/tools)
+    control_commands.add_parsers(sub)  # export (proxy/control)
     setup = sub.add_parser(
         "sidecar-setup", help="print (or apply) the nftables rules of a sidecar's network namespace",
         description="Print the nftables rules that redirect a namespace's TCP 80/443 (and --port) to "
@@ -367,7 +369,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(path)
     if config is None:
         return EXIT_INVALID
-    if not mitmproxy_modes(config, "builtin:demo"):
+    if not mitmproxy_modes(config, "builtin:demo") and not config.settings.management_listen_port:
         print(f"nsp-proxy: {config.source}: the configuration names no listener, so there is nothing to run: give "
               "an association local.listen (inbound) or local.outboundListen, or settings.outbound (outbound); "
               "an ARM file is run through a YAML file that gives 'arm:' and 'bindings:' (see README)",
