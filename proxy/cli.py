@@ -425,6 +425,7 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: 
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
         logging.getLogger("mitmproxy.proxy.server").addFilter(_ConnectionChatter())
+        logging.getLogger("nsp-proxy.management").setLevel(logging.WARNING)  # a line per management request
     opts = options.Options()
     master = NspMaster(opts, log_to=sys.stderr)  # stdout belongs to the access log
     master.addons.add(*make_addons())

@@ -230,6 +230,7 @@ def test_async_operations_and_paging(managed: Managed) -> None:
         assert http.delete(f"{base}?api-version={API}").status_code == 202
         assert http.get(f"{base}/profiles?api-version={API}").json()["error"]["code"] == "ParentResourceNotFound"
     assert len(managed.proxy.records()) == before  # management requests are not NSP decisions
+    assert "management: PUT" not in managed.proxy.stderr()  # logged with --verbose only
 
 
 def test_refused_change_changes_nothing(managed: Managed) -> None:
@@ -254,7 +255,8 @@ def test_refused_change_changes_nothing(managed: Managed) -> None:
 
 def test_configured_token(tmp_path: Path, azurite: Azurite) -> None:
     port = free_port()
-    proxy = start_proxy(managed_config(port, free_port(), azurite.port, token="s3cret"), tmp_path, wait_ports=[port])
+    proxy = start_proxy(managed_config(port, free_port(), azurite.port, token="s3cret"), tmp_path, wait_ports=[port],
+                        extra_args=["--verbose"])
     try:
         managed = Managed(proxy, port, 0, tmp_path)
         with managed.http("wrong") as http:
@@ -264,5 +266,6 @@ def test_configured_token(tmp_path: Path, azurite: Azurite) -> None:
             list(managed.sdk("wrong").network_security_perimeters.list(RG))
         assert denied.value.status_code == 401
         assert list(managed.sdk("s3cret").network_security_perimeters.list(RG)) == []
+        proxy.wait_for_stderr("management: GET")  # --verbose: one line per management request
     finally:
         proxy.stop()

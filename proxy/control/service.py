@@ -45,6 +45,7 @@ from proxy.errors import ConfigError, Problem
 from proxy.runtime import Runtime
 
 log = logging.getLogger("nsp-proxy")
+requests_log = logging.getLogger("nsp-proxy.management")  # one line per request: shown with `run --verbose` only
 
 MAX_BODY = 1 << 20  # bytes of a request body (ARM's own limit is larger; NSP bodies are small)
 MAX_OPERATIONS = 1000  # operation-status resources kept (oldest out first)
@@ -157,7 +158,7 @@ class ControlPlane:
         response.headers.setdefault("x-ms-request-id", str(uuid.uuid4()))
         response.headers.setdefault("x-ms-correlation-request-id",
                                     request.headers.get("x-ms-correlation-request-id", str(uuid.uuid4())))
-        log.debug("management: %s %s -> %d", request.method, request.target[:200], response.status)
+        requests_log.info("management: %s %s -> %d", request.method, request.target[:200], response.status)
         return response
 
     async def _handle(self, request: Request) -> Response:
