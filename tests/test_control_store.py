@@ -45,8 +45,8 @@ BASE = ((NSP, {"location": "westeurope"}), (f"{NSP}/profiles/p", {}))
 # -- paths and api-versions -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("path", "kind", "names", "collection"), [
-    pytest.param(f"/subscriptions/{SUB}/providers/Microsoft.Network/networkSecurityPerimeters", "networkSecurityPerimeters",
-                 (), True, id="by-subscription"),
+    pytest.param(f"/subscriptions/{SUB}/providers/Microsoft.Network/networkSecurityPerimeters",
+                 "networkSecurityPerimeters", (), True, id="by-subscription"),
     pytest.param(f"/subscriptions/{SUB}/resourceGroups/rg/providers/microsoft.network/NETWORKSECURITYPERIMETERS",
                  "networkSecurityPerimeters", (), True, id="by-group-any-case"),
     pytest.param(NSP, "networkSecurityPerimeters", ("nsp1",), False, id="perimeter"),
