@@ -107,6 +107,7 @@ def test_api_versions(given: str | None, code: str | None) -> None:
     pytest.param(f"{NSP}/profiles/-bad", {}, 400, "InvalidResourceName", id="bad-name"),
     pytest.param(f"{NSP}/profiles/{'x' * 81}", {}, 400, "InvalidResourceName", id="long-name"),
     pytest.param(NSP.replace("nsp1", "nsp2"), {}, 400, "LocationRequired", id="no-location"),
+    pytest.param(f"{NSP}/loggingConfigurations/other", {}, 400, "InvalidResourceName", id="logging-not-instance"),
 ])
 def test_put_refusals(path: str, body: Any, status: int, code: str) -> None:
     store = store_with(*BASE)

@@ -107,6 +107,8 @@ class Store:
             raise ArmError(405, "MethodNotAllowed", f"{target.type} is read-only: it is created by the link of "
                                                     "the remote perimeter.")
         check_name(str(target.names[-1]), target.type)
+        if kind.segment == "loggingConfigurations" and str(target.names[-1]).lower() != "instance":
+            raise ArmError(400, "InvalidResourceName", "A perimeter has one logging configuration, named 'instance'.")
         self._parent(target)
         if not isinstance(body, dict):
             raise ArmError(400, "InvalidRequestFormat", "The request content must be a JSON object.")
