@@ -26,7 +26,15 @@ from azure.core.exceptions import HttpResponseError
 from azure.mgmt.network import NetworkManagementClient
 from azure.storage.blob import BlobServiceClient
 
-from tests.support import Azurite, RunningProxy, blob_connection_string, exactly, free_port, start_proxy
+from tests.support import (
+    Azurite,
+    RunningProxy,
+    blob_connection_string,
+    exactly,
+    free_port,
+    run_cli,
+    start_proxy,
+)
 
 SUB = "11111111-2222-3333-4444-555555555555"
 RG = "rg-test"
@@ -212,6 +220,9 @@ def test_async_operations_and_paging(managed: Managed) -> None:
             "privateLinkResource": {"id": resource}, "profile": {"id": f"{base}/profiles/p1"}}})
         assert created.status_code == 201
         assert created.json()["properties"]["hasProvisioningIssues"] == "yes"  # no binding for that resource
+        managed.proxy.wait_for_stderr("resource /subscriptions/")  # and a warning says so
+        patched = http.patch(f"{base}?api-version={API}", json={"tags": {"team": "x"}})
+        assert patched.status_code == 200 and http.get(f"{base}?api-version={API}").json()["tags"] == {"team": "x"}
         status_url = created.headers["Azure-AsyncOperation"]
         assert status_url.startswith(managed.base) and "/locations/westeurope/" in status_url
         status = http.get(status_url).json()
@@ -269,3 +280,17 @@ def test_configured_token(tmp_path: Path, azurite: Azurite) -> None:
         proxy.wait_for_stderr("management: GET")  # --verbose: one line per management request
     finally:
         proxy.stop()
+
+
+def test_export_command(tmp_path: Path) -> None:
+    demo = str(Path(__file__).resolve().parent.parent / "proxy/data/demo.yaml")
+    template = json.loads(run_cli("export", demo).stdout)
+    assert template["resources"][0]["type"] == "Microsoft.Network/networkSecurityPerimeters"
+    rest = json.loads(run_cli("export", "--config", demo, "--format", "rest").stdout)
+    assert len(rest["value"]) == len(template["resources"])  # one resource group: no nested deployment
+    assert all(r["id"].startswith(f"/subscriptions/{template['metadata']['subscriptionId']}/") for r in rest["value"])
+    bindings = yaml.safe_load(run_cli("export", demo, "--bindings").stdout)["bindings"]
+    assert all(key.startswith("/subscriptions/") for key in bindings)
+    (tmp_path / "bad.yaml").write_text("perimeters: [{name: x, profiles: [{name: p, accessRules: [{name: r}]}]}]")
+    refused = run_cli("export", str(tmp_path / "bad.yaml"))
+    assert refused.returncode == 2 and "accessRules[0]" in refused.stderr

@@ -75,6 +75,12 @@ def test_unknown_paths(path: str) -> None:
     assert (refused.value.status, refused.value.code) == (404, "InvalidResourceType")
 
 
+def test_subscription_must_be_a_guid() -> None:
+    with pytest.raises(ArmError) as refused:
+        parse_path(NSP.replace(SUB, "not-a-guid"))
+    assert (refused.value.status, refused.value.code) == (400, "InvalidSubscriptionId")
+
+
 def test_operation_status_path() -> None:
     parsed = parse_path(f"/subscriptions/{SUB}/providers/Microsoft.Network/locations/westeurope/"
                         "networkSecurityPerimeterOperationStatuses/op1")

@@ -9,6 +9,7 @@ and message, so the server never answers with anything but ARM's ``{"error": {..
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,11 @@ def parse_path(path: str) -> Target | OperationTarget:
     if len(parts) < 4 or low[0] != "subscriptions":
         raise _no_route(path)
     subscription = parts[1]
+    try:
+        uuid.UUID(subscription)
+    except ValueError:
+        raise ArmError(400, "InvalidSubscriptionId", f"The provided subscription identifier '{subscription[:80]}' "
+                                                     "is malformed or invalid.") from None
     if low[2:4] == ["providers", PROVIDER.lower()]:
         rest = low[4:]
         if rest == [PERIMETERS.lower()]:
