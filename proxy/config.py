@@ -402,7 +402,8 @@ class _Validator:
             return AccessRule(name, direction, perimeters=tuple(_perimeter_ref(v) for v in values))
         self.warnings.append(f"{path}: '{kind}' rules are accepted but never match in nsp-proxy "
                              f"(they need Azure services that a local proxy cannot see)")
-        return AccessRule(name, direction, unsupported_kind=kind, unsupported_elements=len(values))
+        return AccessRule(name, direction, unsupported_kind=kind, unsupported_elements=len(values),
+                          unsupported_values=tuple(str(v) for v in values))
 
     def _association(
         self, raw: dict[str, Any], path: str, perimeter: str, profiles: dict[str, str]

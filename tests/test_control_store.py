@@ -17,6 +17,7 @@ from proxy.control import candidate, export
 from proxy.control.resources import API_VERSIONS, ArmError, OperationTarget, Target, check_api_version, parse_path
 from proxy.control.store import MAX_PAGE, Store, page
 from proxy.errors import ConfigError
+from tests.test_links import nsp_id, three_perimeters
 
 REPO = Path(__file__).resolve().parent.parent
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -259,6 +260,26 @@ CONFIGS = [pytest.param(REPO / "proxy/data/demo.yaml", id="demo"),
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_export_round_trip(path: Path, tmp_path: Path) -> None:
+    round_trip(path, tmp_path)
+
+
+def test_export_round_trip_of_every_kind(tmp_path: Path) -> None:
+    """Links (Approved and Pending), link references, a logging configuration, rules of every kind (an
+    unsupported kind keeps its values), Audit mode: the same perimeters after export and import."""
+    document = three_perimeters("Audit")
+    a, b = document["perimeters"][0], document["perimeters"][1]
+    a["profiles"][0]["accessRules"] = [
+        {"name": "subs", "subscriptions": [{"id": f"/subscriptions/{SUB}"}]},
+        {"name": "tags", "direction": "Inbound", "serviceTags": ["AzureCloud"]},
+        {"name": "out", "direction": "Outbound", "fullyQualifiedDomainNames": ["*.example.com"]}]
+    a["loggingConfiguration"] = {"name": "instance", "enabledLogCategories": ["NspPublicInboundPerimeterRulesDenied"]}
+    b["linkReferences"] = [{"name": "ref-a", "remotePerimeterResourceId": nsp_id("nsp-a"),
+                            "localInboundProfiles": ["*"], "status": "Approved"}]
+    (tmp_path / "every.yaml").write_text(yaml.safe_dump(document))
+    round_trip(tmp_path / "every.yaml", tmp_path)
+
+
+def round_trip(path: Path, tmp_path: Path) -> None:
     config = load_config(path)
     resources = export.rest_resources(config)
     template = export.template(resources)

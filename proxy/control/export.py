@@ -72,6 +72,8 @@ def rule_properties(rule: AccessRule) -> dict[str, Any]:
         props["fullyQualifiedDomainNames"] = list(rule.fqdns)
     if rule.perimeters:
         props["networkSecurityPerimeters"] = [{"id": p} for p in rule.perimeters]
+    if rule.unsupported_kind:
+        props[rule.unsupported_kind] = list(rule.unsupported_values)
     return props
 
 
