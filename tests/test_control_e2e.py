@@ -11,6 +11,7 @@ errors, api-version, authentication and bounds. One proxy serves the module (eac
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import time
 import uuid
@@ -34,6 +35,7 @@ from tests.support import (
     free_port,
     run_cli,
     start_proxy,
+    wait_for_port,
 )
 
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -76,13 +78,22 @@ def managed_config(port: int, listen: int, upstream: int, **management: Any) -> 
             "perimeters": []}
 
 
+BUSY = STORAGE.replace("devstoreaccount1", "busy")  # its binding's port is taken by another program
+
+
 @pytest.fixture(scope="module")
 def managed(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Iterator[Managed]:
     workdir = tmp_path_factory.mktemp("managed")
     port, listen = free_port(), free_port()
-    proxy = start_proxy(managed_config(port, listen, azurite.port), workdir, wait_ports=[port])
-    yield Managed(proxy, port, listen, workdir)
-    proxy.stop()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = managed_config(port, listen, azurite.port)
+        config["settings"]["management"]["bindings"][BUSY] = {"listen": f"127.0.0.1:{taken.getsockname()[1]}",
+                                                              "upstream": "http://127.0.0.1:9"}
+        proxy = start_proxy(config, workdir, wait_ports=[port])
+        yield Managed(proxy, port, listen, workdir)
+        proxy.stop()
 
 
 def storage_request(port: int) -> HttpResponseError | None:
@@ -101,6 +112,8 @@ def last_record(proxy: RunningProxy, count: int) -> dict[str, Any]:
 
 def test_sdk_rules_in_force_at_once_and_after_restart(managed: Managed, tmp_path: Path) -> None:
     client = managed.sdk()
+    seen = int(managed.proxy.metric("nsp_decisions_total"))  # other tests of the module may have made decisions
+    exactly(managed.proxy, seen)
     perimeter = client.network_security_perimeters.create_or_update(RG, "nsp-e2e", {"location": "westeurope"})
     profile = client.network_security_perimeter_profiles.create_or_update(RG, "nsp-e2e", "prof", {})
     rule = client.network_security_perimeter_access_rules.create_or_update(
@@ -116,14 +129,14 @@ def test_sdk_rules_in_force_at_once_and_after_restart(managed: Managed, tmp_path
     assert association.properties.access_mode == "Enforced"
 
     assert storage_request(managed.listen) is None
-    record = last_record(managed.proxy, 1)
+    record = last_record(managed.proxy, seen + 1)
     assert (record["Category"], record["ResultAction"]) == ("NspPublicInboundPerimeterRulesAllowed", "Approved")
     assert json.loads(record["MatchedRule"]) == {"accessRule": "allow-local"}
 
     client.network_security_perimeter_access_rules.delete(RG, "nsp-e2e", "prof", "allow-local")
     denied = storage_request(managed.listen)
     assert denied is not None and denied.status_code == 403 and denied.error_code == "AuthorizationFailure"
-    record = last_record(managed.proxy, 2)
+    record = last_record(managed.proxy, seen + 2)
     assert (record["Category"], record["ResultAction"]) == ("NspPublicInboundPerimeterRulesDenied", "Denied")
     assert client.network_security_perimeter_profiles.get(RG, "nsp-e2e", "prof").properties.access_rules_version == "2"
 
@@ -145,7 +158,7 @@ def test_sdk_rules_in_force_at_once_and_after_restart(managed: Managed, tmp_path
         RG, "nsp-e2e", "prof", "allow-again", {"properties": {"direction": "Inbound",
                                                               "addressPrefixes": ["127.0.0.0/8"]}})
     assert storage_request(managed.listen) is None
-    assert json.loads(last_record(managed.proxy, 3)["MatchedRule"]) == {"accessRule": "allow-again"}
+    assert json.loads(last_record(managed.proxy, seen + 3)["MatchedRule"]) == {"accessRule": "allow-again"}
 
     # a proxy started from the persisted state decides the same (other ports: this one keeps running)
     state = yaml.safe_load(managed.state.read_text())
@@ -294,3 +307,36 @@ def test_export_command(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("perimeters: [{name: x, profiles: [{name: p, accessRules: [{name: r}]}]}]")
     refused = run_cli("export", str(tmp_path / "bad.yaml"))
     assert refused.returncode == 2 and "accessRules[0]" in refused.stderr
+
+
+def test_change_this_machine_cannot_run_is_refused(managed: Managed) -> None:
+    base = f"{NSP_PATH}/nsp-busy"
+    with managed.http() as http:
+        put(http, base, {"location": "westeurope"})
+        put(http, f"{base}/profiles/p", {})
+        refused = put(http, f"{base}/resourceAssociations/a", {"properties": {
+            "privateLinkResource": {"id": BUSY}, "profile": {"id": f"{base}/profiles/p"}}})
+        assert refused.status_code == 400 and "in use" in refused.json()["error"]["message"], refused.text
+        assert http.get(f"{base}/resourceAssociations/a?api-version={API}").status_code == 404
+        http.delete(f"{base}?api-version={API}")
+
+
+def test_association_acts_once_a_binding_exists(managed: Managed) -> None:
+    base = f"{NSP_PATH}/nsp-late"
+    late = STORAGE.replace("devstoreaccount1", "late")
+    with managed.http() as http:
+        put(http, base, {"location": "westeurope"})
+        put(http, f"{base}/profiles/p", {})
+        put(http, f"{base}/resourceAssociations/a", {"properties": {
+            "privateLinkResource": {"id": late}, "profile": {"id": f"{base}/profiles/p"}, "accessMode": "Enforced"}})
+        listen = free_port()
+        state = yaml.safe_load(managed.state.read_text())  # the operator adds the binding by hand
+        state["settings"]["management"]["bindings"][late] = {"listen": f"127.0.0.1:{listen}",
+                                                             "upstream": "http://127.0.0.1:9"}
+        managed.state.with_suffix(".edit").write_text(yaml.safe_dump(state))
+        managed.state.with_suffix(".edit").replace(managed.state)
+        wait_for_port(listen, timeout=10)
+        got = http.get(f"{base}/resourceAssociations/a?api-version={API}").json()
+        assert got["properties"]["hasProvisioningIssues"] == "no"
+        assert httpx.get(f"http://127.0.0.1:{listen}/").status_code == 403  # Enforced, no rule: denied
+        http.delete(f"{base}?api-version={API}")
