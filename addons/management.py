@@ -44,6 +44,6 @@ class ManagementAddon:
         log.info("nsp-proxy: management API on https://%s:%d (trust %s; state file %s)", host,
                  settings.management_listen_port, cert, plane.state_file)
 
-    async def done(self) -> None:
+    def done(self) -> None:
         if self.server is not None:
-            await self.server.stop()
+            self.server.stop()

@@ -94,6 +94,7 @@ def managed(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Itera
         proxy = start_proxy(config, workdir, wait_ports=[port])
         yield Managed(proxy, port, listen, workdir)
         proxy.stop()
+    assert "Traceback" not in proxy.stderr() and "internal error" not in proxy.stderr()
 
 
 def storage_request(port: int) -> HttpResponseError | None:

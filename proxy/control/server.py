@@ -42,7 +42,8 @@ class ManagementServer:
         self.server = await asyncio.start_server(self._connection, self.host, self.port, ssl=self.context,
                                                  ssl_handshake_timeout=HANDSHAKE_TIMEOUT, limit=MAX_HEAD)
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
+        """Stop listening and end the open connections (synchronous: called from mitmproxy's ``done`` hook)."""
         if self.server is not None:
             self.server.close()
         for task in list(self.connections):

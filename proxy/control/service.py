@@ -88,6 +88,7 @@ class ControlPlane:
         self.generation = 0
         self.raw_settings: dict[str, Any] = {}
         self.bindings: dict[str, dict[str, Any]] = {}
+        self.unbound: set[str] = set()  # lower-cased resource IDs of associations without a binding (warned)
         self.sync()
 
     # -- the configuration in force ----------------------------------------------------------------------------
@@ -138,11 +139,13 @@ class ControlPlane:
         os.replace(tmp, self.state_file)
         self.runtime.adopt(str(self.state_file))
         self.store, self.generation = changed, self.runtime.policy.generation
-        for assoc in self.runtime.policy.config.associations():
-            if not self.bound(assoc.resource_id):
-                log.warning("management: association %r: resource %s has no binding in settings.management.bindings:"
-                            " stored and reported (hasProvisioningIssues: yes), no listener until it has one",
-                            assoc.name, assoc.resource_id)
+        unbound = {a.resource_id.lower(): a for a in self.runtime.policy.config.associations()
+                   if not self.bound(a.resource_id)}
+        for key in unbound.keys() - self.unbound:  # said once per association, not at every change
+            log.warning("management: association %r: resource %s has no binding in settings.management.bindings:"
+                        " stored and reported (hasProvisioningIssues: yes), no listener until it has one",
+                        unbound[key].name, unbound[key].resource_id)
+        self.unbound = set(unbound)
 
     # -- requests ---------------------------------------------------------------------------------------------
 
