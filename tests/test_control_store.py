@@ -92,6 +92,7 @@ def test_operation_status_path() -> None:
     pytest.param(None, "MissingApiVersionParameter", id="missing"),
     pytest.param("", "MissingApiVersionParameter", id="empty"),
     pytest.param("2019-01-01", "NoRegisteredProviderFound", id="unknown"),
+    pytest.param("latest", "InvalidApiVersionParameter", id="malformed"),
     *[pytest.param(v, None, id=v) for v in API_VERSIONS],
 ])
 def test_api_versions(given: str | None, code: str | None) -> None:

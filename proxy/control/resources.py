@@ -21,6 +21,7 @@ OPERATION_STATUSES = "networkSecurityPerimeterOperationStatuses"
 API_VERSIONS = ("2021-02-01-preview", "2023-07-01-preview", "2023-08-01-preview", "2024-06-01-preview",
                 "2024-07-01", "2024-10-01", "2025-01-01", "2025-03-01", "2025-05-01", "2025-07-01", "2026-03-01")
 APPLIES_TO_SINCE = "2026-03-01"  # access-rule responses carry appliesTo from this version on
+API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-[a-z]+)?$")
 NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*[A-Za-z0-9_]|[A-Za-z0-9])$")
 MAX_NAME = 80
 
@@ -160,6 +161,10 @@ def check_api_version(given: str | None, resource_type: str) -> str:
     if not given:
         raise ArmError(400, "MissingApiVersionParameter",
                        "The api-version query parameter (?api-version=) is required for all requests.")
+    if not API_VERSION.match(given):
+        raise ArmError(400, "InvalidApiVersionParameter",
+                       f"The api-version '{given[:40]}' is invalid. The supported versions are "
+                       f"'{', '.join(API_VERSIONS)}'.")
     if given not in API_VERSIONS:
         raise ArmError(400, "NoRegisteredProviderFound",
                        f"No registered resource provider found for location 'global' and API version '{given}' "
