@@ -102,7 +102,7 @@ class _Validator:
         self.warnings: list[str] = []
         self.origins: dict[str, arm.Origin] = {}  # native path prefix -> where an ARM import got it from
         self.files: list[str] = [source]
-        self.bindings: dict[str, dict[str, Any]] = {}  # settings.management.bindings by lower-cased resource ID
+        self.bindings: dict[str, LocalBinding] = {}  # settings.management.bindings by lower-cased resource ID
 
     def fail(self, path: str, reason: str) -> None:
         """Record a problem at ``path``; paths that came from an ARM file are reported in that file's terms."""
@@ -297,7 +297,11 @@ class _Validator:
         if not raw:
             return {}
         listen = self.attempt("settings.management.listen", parse_endpoint, raw["listen"]) or (None, None)
-        self.bindings = {str(rid).lower(): local for rid, local in (raw.get("bindings") or {}).items()}
+        if listen[0] is not None and not raw.get("token") and not _loopback(listen[0]):
+            self.fail("settings.management.token", "required when management.listen is not a loopback address: "
+                                                   "without it anyone who reaches the port can change the rules")
+        self.bindings = {str(rid).lower(): self._local(local, f"settings.management.bindings.{rid}")
+                         for rid, local in (raw.get("bindings") or {}).items()}
         return {"management_listen_host": listen[0], "management_listen_port": listen[1],
                 "management_token": raw.get("token"), "management_state_file": raw.get("stateFile"),
                 "management_cert_file": raw.get("certFile")}
@@ -417,8 +421,8 @@ class _Validator:
         mode = AccessMode.parse(raw.get("accessMode", "Learning"))
         resource_id = _ref_id(raw["privateLinkResource"]).strip()
         bound = self.bindings.get(resource_id.lower())  # settings.management.bindings, by resource ID
-        local = self._local(raw.get("local") or bound or {}, f"{path}.local" if "local" in raw or not bound
-                            else f"settings.management.bindings.{resource_id}")
+        local = bound if bound is not None and "local" not in raw else self._local(raw.get("local") or {},
+                                                                                  f"{path}.local")
         if "/providers/" not in resource_id.lower():
             self.fail(f"{path}.privateLinkResource.id", f"{resource_id!r} is not an Azure resource ID "
                                                         "(expected /subscriptions/.../providers/...)")
@@ -580,6 +584,13 @@ def _nameserver(value: str | int) -> tuple[str, int]:
         return str(ipaddress.ip_address(text.strip("[]"))), 53
     except ValueError:
         return parse_endpoint(text)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def _valid_upstream(text: str) -> bool:

@@ -292,3 +292,27 @@ def round_trip(path: Path, tmp_path: Path) -> None:
     managed = candidate.build(Store.from_resources(resources), settings_, str(tmp_path / "state.yaml"))
     assert managed.config.perimeters == config.perimeters
     assert parse_config_text(managed.text, "again.yaml").perimeters == config.perimeters
+
+
+@pytest.mark.parametrize(("management", "problem"), [
+    pytest.param({"listen": "0.0.0.0:8443"}, "settings.management.token", id="open-without-token"),
+    pytest.param({"listen": "0.0.0.0:8443", "token": "t"}, None, id="open-with-token"),
+    pytest.param({"listen": "localhost:8443"}, None, id="localhost"),
+    pytest.param({"listen": "[::1]:8443"}, None, id="ipv6-loopback"),
+    pytest.param({"listen": "127.0.0.1:99999"}, "settings.management.listen", id="bad-port"),
+    pytest.param({"listen": "127.0.0.1:8443", "bindings": {STORAGE: {"listen": "x"}}},
+                 f"settings.management.bindings.{STORAGE}.listen", id="bad-binding"),
+    pytest.param({"listen": "127.0.0.1:8443", "bindings": {STORAGE: {"listne": "x"}}},
+                 "settings.management.bindings", id="binding-typo"),
+    pytest.param({"listen": "127.0.0.1:8443", "extra": 1}, "settings.management", id="unknown-key"),
+    pytest.param({"token": "t"}, "settings.management", id="no-listen"),
+])
+def test_management_settings(management: dict[str, Any], problem: str | None) -> None:
+    """settings.management is checked like every setting; a managed configuration may have no perimeter."""
+    text = yaml.safe_dump({"settings": {"management": management}, "perimeters": []})
+    if problem is None:
+        assert parse_config_text(text, "m.yaml").settings.management_listen_port == 8443
+        return
+    with pytest.raises(ConfigError) as refused:
+        parse_config_text(text, "m.yaml")
+    assert any(p.path.startswith(problem) for p in refused.value.problems), refused.value
