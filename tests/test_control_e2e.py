@@ -246,6 +246,8 @@ def test_async_operations_and_paging(managed: Managed) -> None:
         assert [p["name"] for p in first["value"]] == ["p1", "p2"]
         second = http.get(first["nextLink"]).json()
         assert [p["name"] for p in second["value"]] == ["p3"] and "nextLink" not in second
+        paged = managed.sdk().network_security_perimeter_profiles.list(RG, "nsp-raw", top=2)
+        assert [p.name for p in paged] == ["p1", "p2", "p3"]  # the SDK follows nextLink
 
         deleted = http.delete(f"{base}/resourceAssociations/a1?api-version={API}")
         assert deleted.status_code == 202 and http.get(deleted.headers["Location"]).json()["status"] == "Succeeded"
