@@ -371,3 +371,23 @@ def test_concurrent_changes_are_each_in_force(managed: Managed) -> None:
         assert names == {f"p{i}" for i in range(8)}
         assert managed.proxy.metric("nsp_config_generation") == generation + 8
         http.delete(f"{base}?api-version={API}")
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (70 * 1024) + b"\r\n\r\n", 431, id="oversized-head"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400, id="malformed-header"),
+    pytest.param(b"HEAD /subscriptions HTTP/1.1\r\nHost: x\r\n\r\n", 401, id="head"),
+])
+def test_wire_errors_answered(managed: Managed, raw: bytes, status: int) -> None:
+    """Whatever arrives on the wire gets a well-formed answer in ARM's shape, then the connection closes."""
+    context = ssl.create_default_context(cafile=managed.ca)
+    with socket.create_connection(("127.0.0.1", managed.port), timeout=10) as plain, \
+            context.wrap_socket(plain, server_hostname="127.0.0.1") as tls:
+        tls.sendall(raw)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]

@@ -29,7 +29,7 @@ IDLE_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 10.0
 REASONS = {200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content", 400: b"Bad Request",
            401: b"Unauthorized", 404: b"Not Found", 405: b"Method Not Allowed", 409: b"Conflict",
-           413: b"Payload Too Large", 500: b"Internal Server Error"}
+           413: b"Payload Too Large", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error"}
 
 
 class ManagementServer:
@@ -70,8 +70,19 @@ class ManagementServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         while True:
-            event = await self._next(conn, reader)
+            try:
+                event = await self._next(conn, reader)
+            except h11.RemoteProtocolError as exc:  # a malformed or oversized head: said, then closed
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    status = exc.error_status_hint
+                    error = ArmError(status, "InvalidRequestFormat", f"Malformed HTTP request: {str(exc)[:200]}")
+                    await self._send(conn, writer, Response(status, error.body()), close=True)
+                return
             if not isinstance(event, h11.Request):
+                return
+            if len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > MAX_HEAD:
+                error = ArmError(431, "InvalidRequestFormat", f"The request head is larger than {MAX_HEAD} bytes.")
+                await self._send(conn, writer, Response(431, error.body()), close=True)
                 return
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
             length = int(headers.get("content-length") or 0)  # h11 has checked it is a number
@@ -95,7 +106,7 @@ class ManagementServer:
                     return
             request = Request(event.method.decode("latin-1").upper(), event.target.decode("latin-1"), headers,
                               bytes(body))
-            await self._send(conn, writer, await self.plane.handle(request))
+            await self._send(conn, writer, await self.plane.handle(request), head=request.method == "HEAD")
             if conn.our_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
@@ -105,11 +116,11 @@ class ManagementServer:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            data = await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT)
+            data = await asyncio.wait_for(reader.read(16384), IDLE_TIMEOUT)  # h11 holds MAX_HEAD at most
             conn.receive_data(data)
 
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, response: Response,
-                    close: bool = False) -> None:
+                    close: bool = False, head: bool = False) -> None:
         payload = b"" if response.body is None else json.dumps(response.body).encode()
         headers = [(k.encode(), v.encode()) for k, v in response.headers.items()]
         if response.status != 204:
@@ -119,7 +130,7 @@ class ManagementServer:
             headers.append((b"connection", b"close"))
         writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
                                             reason=REASONS.get(response.status, b""))) or b"")
-        if payload:
+        if payload and not head:
             writer.write(conn.send(h11.Data(data=payload)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
         await writer.drain()
