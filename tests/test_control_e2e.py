@@ -391,3 +391,15 @@ def test_wire_errors_answered(managed: Managed, raw: bytes, status: int) -> None
                 break
             answer += chunk
     assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+
+
+def test_validate_and_run_refuse_a_taken_management_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = tmp_path / "m.yaml"
+        config.write_text(yaml.safe_dump({"settings": {"metrics": None, "management": {
+            "listen": f"127.0.0.1:{taken.getsockname()[1]}"}}, "perimeters": []}))
+        for command in (["validate", str(config)], ["run", "--config", str(config)]):
+            refused = run_cli(*command)
+            assert refused.returncode == 2 and "settings.management.listen" in refused.stderr, refused.stderr
