@@ -38,6 +38,7 @@ from tests.support import (
     start_proxy,
     wait_for_port,
 )
+from tests.wire_clients import tls_socket
 
 SUB = "11111111-2222-3333-4444-555555555555"
 RG = "rg-test"
@@ -376,21 +377,16 @@ def test_concurrent_changes_are_each_in_force(managed: Managed) -> None:
 @pytest.mark.parametrize(("raw", "status"), [
     pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (70 * 1024) + b"\r\n\r\n", 431, id="oversized-head"),
     pytest.param(b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400, id="malformed-header"),
-    pytest.param(b"HEAD /subscriptions HTTP/1.1\r\nHost: x\r\n\r\n", 401, id="head"),
+    pytest.param(b"HEAD /subscriptions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 401, id="head"),
 ])
 def test_wire_errors_answered(managed: Managed, raw: bytes, status: int) -> None:
     """Whatever arrives on the wire gets a well-formed answer in ARM's shape, then the connection closes."""
-    context = ssl.create_default_context(cafile=managed.ca)
-    with socket.create_connection(("127.0.0.1", managed.port), timeout=10) as plain, \
-            context.wrap_socket(plain, server_hostname="127.0.0.1") as tls:
+    with tls_socket(managed.port, ["http/1.1"]) as tls:
         tls.sendall(raw)
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = tls.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+        answer = b"".join(iter(lambda: tls.recv(65536), b""))  # read until the server closes
     assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    if not raw.startswith(b"HEAD"):
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"]
 
 
 def test_validate_and_run_refuse_a_taken_management_port(tmp_path: Path) -> None:
