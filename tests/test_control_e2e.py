@@ -134,6 +134,7 @@ def test_sdk_rules_in_force_at_once_and_after_restart(managed: Managed, tmp_path
         {"properties": {"privateLinkResource": {"id": STORAGE}, "profile": {"id": profile.id},
                         "accessMode": mode}}).result()
     assert perimeter.properties.provisioning_state == "Succeeded" and perimeter.properties.perimeter_guid
+    assert perimeter.system_data.created_at is not None and perimeter.system_data.last_modified_at is not None
     assert rule.properties.address_prefixes == ["127.0.0.1/32"]
     assert association.properties.has_provisioning_issues == "no"
     assert association.properties.access_mode == mode
@@ -186,6 +187,7 @@ def test_sdk_rules_in_force_at_once_and_after_restart(managed: Managed, tmp_path
                                         connection_verify=str(tmp_path / "management-ca.pem"))
         assert [r.name for r in again.network_security_perimeter_access_rules.list(RG, nsp, "prof")] == [
             "allow-again"]
+        assert again.network_security_perimeter_profiles.get(RG, nsp, "prof").properties.access_rules_version == "3"
     finally:
         restarted.stop()
 

@@ -101,8 +101,12 @@ class ControlPlane:
         config = policy.config
         old = self.store
         self.store = Store.from_resources(export.rest_resources(config))
-        self.store.versions.update({k: v for k, v in old.versions.items() if k in self.store.versions})
-        self.raw_settings = _raw_settings(config.source)
+        raw = _raw_document(config.source)
+        for key, version in {**_versions(raw), **old.versions}.items():  # counting goes on across reloads/restarts
+            if key in self.store.versions:
+                self.store.versions[key] = max(version, self.store.versions[key])
+        settings = raw.get("settings")
+        self.raw_settings = dict(settings) if isinstance(settings, dict) else {}
         management = dict(self.raw_settings.get("management") or {})
         merged = {str(k).lower(): (str(k), v) for k, v in (management.get("bindings") or {}).items()}
         merged.update({k.lower(): (k, v) for k, v in export.bindings(config).items()})
@@ -262,11 +266,23 @@ def _json_body(body: bytes) -> Any:
         raise ArmError(400, "InvalidRequestFormat", f"The request content is not valid JSON: {exc}") from None
 
 
-def _raw_settings(source: str) -> dict[str, Any]:
-    """The ``settings`` mapping of the configuration file ``source``, as written (the state file carries it on)."""
+def _raw_document(source: str) -> dict[str, Any]:
+    """The configuration file ``source`` as written (its ``settings`` carry on into the state file)."""
     try:
         document = parse_text(read_text(Path(source)), source)
     except (ConfigError, OSError):
         return {}
-    settings = document.get("settings") if isinstance(document, dict) else None
-    return dict(settings) if isinstance(settings, dict) else {}
+    return document if isinstance(document, dict) else {}
+
+
+def _versions(document: dict[str, Any]) -> dict[str, int]:
+    """Profile ID (lower case) -> the accessRulesVersion a state file recorded."""
+    out: dict[str, int] = {}
+    for perimeter in document.get("perimeters") or []:
+        if not isinstance(perimeter, dict) or not isinstance(perimeter.get("id"), str):
+            continue
+        for profile in perimeter.get("profiles") or []:
+            version = str(profile.get("accessRulesVersion", "")) if isinstance(profile, dict) else ""
+            if version.isdigit():
+                out[f"{perimeter['id']}/profiles/{profile.get('name')}".lower()] = int(version)
+    return out

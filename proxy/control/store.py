@@ -9,6 +9,7 @@ behind. Bounded: ``MAX_RESOURCES`` resources, pages of at most ``MAX_PAGE`` item
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,8 +62,10 @@ class Store:
         return Store(dict(self.resources), dict(self.versions))
 
     def document(self) -> dict[str, Any]:
-        """The store as a REST list, the shape the ARM importer reads."""
-        return {"value": list(self.resources.values())}
+        """The store as a REST list, the shape the ARM importer reads; profiles carry their accessRulesVersion
+        (ignored by the validator, kept in the state file so that a restart continues counting)."""
+        return {"value": [{**r, "properties": {**r["properties"], "accessRulesVersion": str(self.versions[k])}}
+                          if k in self.versions else r for k, r in self.resources.items()]}
 
     # -- reading ----------------------------------------------------------------------------------------------
 
@@ -135,6 +138,11 @@ class Store:
                 properties["status"] = "Approved"  # auto-approved: the remote perimeter is local too
         if isinstance(body.get("tags"), dict):
             resource["tags"] = body["tags"]
+        now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+        created = ((old or {}).get("systemData") or {}).get("createdAt", now)
+        resource["systemData"] = {"createdBy": "nsp-proxy", "createdByType": "Application", "createdAt": created,
+                                  "lastModifiedBy": "nsp-proxy", "lastModifiedByType": "Application",
+                                  "lastModifiedAt": now}
         resource["properties"] = properties
         candidate = self.copy()
         candidate.resources[key] = resource
