@@ -158,6 +158,10 @@ class NspLifecycle:
             return None
         return Direction.INBOUND if isinstance(client.proxy_mode, ReverseMode) else Direction.OUTBOUND
 
+    def apply_listeners(self) -> None:
+        """Open/close listeners for the generation in force (the management API's reloads, addons.management)."""
+        self._apply_listeners()
+
     def _apply_listeners(self) -> None:
         assert self.runtime is not None
         if not ctx.options.nsp_manage_modes:

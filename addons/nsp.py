@@ -19,6 +19,7 @@ from addons.dnsgate import DnsGateAddon  # noqa: E402
 from addons.inbound import InboundGate  # noqa: E402
 from addons.lifecycle import NspLifecycle  # noqa: E402
 from addons.limits import Limits  # noqa: E402
+from addons.management import ManagementAddon  # noqa: E402
 from addons.outbound import OutboundGate  # noqa: E402
 from addons.outcome import Outcome  # noqa: E402
 from addons.transparent import DirectConnections  # noqa: E402
@@ -31,6 +32,6 @@ def make_addons() -> list[object]:
     # the one form that is forwarded; WireFinish acts on what the gates decided.
     return [lifecycle, DirectConnections(lifecycle), Limits(lifecycle), WireGuard(lifecycle),
             InboundGate(lifecycle), OutboundGate(lifecycle), WireFinish(lifecycle), Outcome(),
-            DnsGateAddon(lifecycle)]
+            DnsGateAddon(lifecycle), ManagementAddon(lifecycle)]
 
 addons = make_addons()

@@ -62,6 +62,7 @@ class Runtime:
         self.metrics.generation.set(1)
         self._signature = _signature(config.files)
         self._long_lived = LongLived()
+        self.last_refusal = ""  # why the last reload was refused
         for warning in config.warnings:
             log.warning("%s", warning)
 
@@ -130,13 +131,14 @@ class Runtime:
 
     # -- reloading --------------------------------------------------------------------------------------------
 
-    def prepare(self) -> Generation:
+    def prepare(self, load: Callable[[], Config] | None = None) -> Generation:
         """Everything the next generation needs, built without touching the one in force (thread-safe: it only
         reads). ConfigError if the file is refused or this machine cannot run it (a new listener's port is
-        taken, the new access log cannot be opened)."""
-        assert self.config_path is not None
+        taken, the new access log cannot be opened). ``load`` makes the configuration instead of reading the
+        file (the management API's candidate, proxy.control): the same checks follow."""
+        assert load is not None or self.config_path is not None
         with building():
-            config = load_config(self.config_path)
+            config = load() if load is not None else load_config(str(self.config_path))
             policy = compile_policy(config, self.policy.generation + 1)
         held = preflight.held(self.policy.config, self.policy.listeners)
         problems = preflight.check_listeners(preflight.listeners(config, None), held)
@@ -174,10 +176,12 @@ class Runtime:
             log.warning("%s", warning)
         log.info("config generation %d in force (%s)", new.policy.generation, new.config.source)
 
-    async def reload(self, apply_listeners: Callable[[], None] = lambda: None) -> bool:
-        """Load the config file again, off the event loop; keep the generation in force if anything fails."""
+    async def reload(self, apply_listeners: Callable[[], None] = lambda: None,
+                     load: Callable[[], Config] | None = None) -> bool:
+        """Load the config file again (or what ``load`` makes), off the event loop; keep the generation in force
+        if anything fails (``last_refusal`` says why)."""
         try:
-            self.install(await asyncio.to_thread(self.prepare), apply_listeners)
+            self.install(await asyncio.to_thread(self.prepare, load), apply_listeners)
             self._long_lived.freeze()  # the new generation is never scanned by a full collection (gcpolicy)
         except ConfigError as exc:
             return self._refused(str(exc))
@@ -201,9 +205,16 @@ class Runtime:
         log.info("access log reopened: %s", target)
 
     def _refused(self, why: str) -> bool:
+        self.last_refusal = why
         self.metrics.reloads.labels("failure").inc()
         log.error("config reload refused, keeping generation %d in force:\n%s", self.policy.generation, why)
         return False
+
+    def adopt(self, path: str) -> None:
+        """``path`` is the configuration file from now on, as it is now on disk (the management API wrote it
+        and put it in force: the watcher must not load it again)."""
+        self.config_path = path
+        self._signature = _signature(self.policy.config.files or (path,))
 
     def changed_on_disk(self) -> bool:
         signature = _signature(self.policy.config.files or (self.config_path,))

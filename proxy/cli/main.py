@@ -14,6 +14,7 @@ from pathlib import Path
 
 from proxy.cli import explain, run, sidecar_setup, validate
 from proxy.cli.common import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STATUS, demo_config_path
+from proxy.control import commands as control_commands
 from proxy.records.logwriter import hold_closed_stdio
 from proxy.tools import commands as tools
 
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     example.set_defaults(handler=lambda _args: print(demo_config_path().read_text(), end="") or EXIT_OK)
 
     tools.add_parsers(sub)  # suggest, replay, report (proxy/tools)
+    control_commands.add_parsers(sub)  # export (proxy/control)
     sidecar_setup.add_parser(sub)
 
     schema = sub.add_parser("schema", help="print the configuration's JSON Schema")

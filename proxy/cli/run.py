@@ -37,7 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_or_report(path)
     if config is None:
         return EXIT_INVALID
-    if not mitmproxy_modes(config, "builtin:demo"):
+    if not mitmproxy_modes(config, "builtin:demo") and not config.settings.management_listen_port:
         print(f"nsp-proxy: {config.source}: the configuration names no listener, so there is nothing to run: give "
               "an association local.listen (inbound) or local.outboundListen, or settings.outbound (outbound); "
               "an ARM file is run through a YAML file that gives 'arm:' and 'bindings:' (see README)",
@@ -93,6 +93,7 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: 
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
         logging.getLogger("mitmproxy.proxy.server").addFilter(_ConnectionChatter())
+        logging.getLogger("nsp-proxy.management").setLevel(logging.WARNING)  # a line per management request
     opts = options.Options()
     master = NspMaster(opts, log_to=sys.stderr)  # stdout belongs to the access log
     master.addons.add(*make_addons())

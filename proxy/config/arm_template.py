@@ -86,7 +86,7 @@ class TemplateWalker:
                 elif rtype == DIAGNOSTIC_SETTINGS:
                     self._diagnostic_settings(resource, copy_scope, at)
                 else:
-                    out.append((self.evaluate_resource(resource, at, copy_scope), at))
+                    out.append((_scoped(self.evaluate_resource(resource, at, copy_scope), copy_scope), at))
         return out
 
     def evaluate(self, node: Any, where: str, scope: Scope) -> Any:
@@ -197,6 +197,18 @@ class TemplateWalker:
             self.notices.append(f"{where}: diagnostic settings (Microsoft.Insights/diagnosticSettings) of perimeter "
                                 f"{str(target).rsplit('/', 1)[-1]!r} are not read: nsp-proxy writes its access log "
                                 "to settings.accessLog")
+
+
+def _scoped(resource: dict[str, Any], scope: Scope) -> dict[str, Any]:
+    """A perimeter without ``id`` gets the one its deployment gives it: a nested deployment into another
+    subscription or resource group deploys it there, not where the top template goes."""
+    name = resource.get("name")
+    if "id" in resource or str(resource.get("type", "")).lower() != NSP_TYPE or not isinstance(name, str) \
+            or is_expression(name) or "/" in name:
+        return resource
+    deployment = scope.deployment
+    return {**resource, "id": f"/subscriptions/{deployment.subscription_id}/resourceGroups/"
+                              f"{deployment.resource_group}/providers/Microsoft.Network/networkSecurityPerimeters/{name}"}
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -70,7 +70,7 @@ class _Validator(ArmInput, SettingsReader, PerimeterReader):
         perimeters = tuple(
             self._perimeter(p, f"perimeters[{i}]") for i, p in enumerate(document.get("perimeters") or [])
         )
-        if not perimeters:
+        if not perimeters and not settings.management_listen_port:  # managed: perimeters come from the API
             self.fail("perimeters", "at least one perimeter is required")
         self._check_global(perimeters, settings, document)
         if not self.problems:

@@ -130,7 +130,8 @@ class PerimeterReader(ValidatorBase):
             return AccessRule(name, direction, perimeters=tuple(_perimeter_ref(v) for v in values))
         self.warnings.append(f"{path}: '{kind}' rules are accepted but never match in nsp-proxy "
                              f"(they need Azure services that a local proxy cannot see)")
-        return AccessRule(name, direction, unsupported_kind=kind, unsupported_elements=len(values))
+        return AccessRule(name, direction, unsupported_kind=kind, unsupported_elements=len(values),
+                          unsupported_values=tuple(str(v) for v in values))
 
     def _association(
         self, raw: dict[str, Any], path: str, perimeter: str, profiles: dict[str, str]
@@ -142,8 +143,10 @@ class PerimeterReader(ValidatorBase):
             self.fail(f"{path}.profile", f"unknown profile {profile_ref!r} in perimeter {perimeter!r} "
                                          f"(profiles: {known})")
         mode = AccessMode.parse(raw.get("accessMode", "Learning"))
-        local = self._local(raw.get("local") or {}, f"{path}.local")
         resource_id = _ref_id(raw["privateLinkResource"]).strip()
+        bound = self.bindings.get(resource_id.lower())  # settings.management.bindings, by resource ID
+        local = bound if bound is not None and "local" not in raw else self._local(raw.get("local") or {},
+                                                                                  f"{path}.local")
         if "/providers/" not in resource_id.lower():
             self.fail(f"{path}.privateLinkResource.id", f"{resource_id!r} is not an Azure resource ID "
                                                         "(expected /subscriptions/.../providers/...)")
@@ -205,6 +208,8 @@ class PerimeterReader(ValidatorBase):
             self._claim(listeners, settings.transparent_listen_port, "settings.transparent")
         if settings.dns_gate_listen_port:
             self._claim(listeners, settings.dns_gate_listen_port, "settings.dnsGate")
+        if settings.management_listen_port:
+            self._claim(listeners, settings.management_listen_port, "settings.management.listen")
         resources: dict[str, str] = {}
         for pi, perimeter in enumerate(perimeters):
             for ai, assoc in enumerate(perimeter.associations):

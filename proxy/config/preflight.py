@@ -31,7 +31,11 @@ def check_machine(config: Config, access_log: str, log_field: str, metrics: Endp
                   metrics_field: str) -> list[Problem]:
     """Everything ``run`` will open for ``config`` with this access log and metrics endpoint (the fields name
     where each came from: the file's settings or a command-line override)."""
-    return check_listeners(listeners(config, metrics, metrics_field)) + check_access_log(access_log, log_field)
+    wanted = listeners(config, metrics, metrics_field)
+    s = config.settings
+    if s.management_listen_port:  # opened once at start (not by reloads): checked here only
+        wanted.append((s.management_listen_host or "127.0.0.1", s.management_listen_port, "settings.management.listen"))
+    return check_listeners(wanted) + check_access_log(access_log, log_field)
 
 
 def listeners(config: Config, metrics: Endpoint | None, metrics_field: str = "settings.metrics",

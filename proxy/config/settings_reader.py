@@ -56,7 +56,22 @@ class SettingsReader(ValidatorBase):
             dns_gate_listen_host=dns_gate[0],
             dns_gate_listen_port=dns_gate[1],
             dns_gate_memory=int(raw.get("dnsGateMemory", base.dns_gate_memory)),
+            **self._management(raw.get("management")),
         )
+
+    def _management(self, raw: dict[str, Any] | None) -> dict[str, Any]:
+        """settings.management (proxy/control). Its bindings give associations without ``local`` theirs."""
+        if not raw:
+            return {}
+        listen = self.attempt("settings.management.listen", parse_endpoint, raw["listen"]) or (None, None)
+        if listen[0] is not None and not raw.get("token") and not _loopback(listen[0]):
+            self.fail("settings.management.token", "required when management.listen is not a loopback address: "
+                                                   "without it anyone who reaches the port can change the rules")
+        self.bindings = {str(rid).lower(): self._local(local, f"settings.management.bindings.{rid}")
+                         for rid, local in (raw.get("bindings") or {}).items()}
+        return {"management_listen_host": listen[0], "management_listen_port": listen[1],
+                "management_token": raw.get("token"), "management_state_file": raw.get("stateFile"),
+                "management_cert_file": raw.get("certFile")}
 
     def _optional_endpoint(
         self, path: str, raw: dict[str, Any], key: str, host: str | None, port: int | None
@@ -67,6 +82,13 @@ class SettingsReader(ValidatorBase):
             return None, None
         parsed = self.attempt(path, parse_endpoint, raw[key])
         return parsed if parsed else (None, None)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def _nameserver(value: str | int) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from proxy.config import arm
 from proxy.config.errors import Problem
+from proxy.model import LocalBinding
 from proxy.names.normalize import parse_prefix
 
 
@@ -23,6 +24,7 @@ class ValidatorBase:
         self.warnings: list[str] = []
         self.origins: dict[str, arm.Origin] = {}  # native path prefix -> where an ARM import got it from
         self.files: list[str] = [source]
+        self.bindings: dict[str, LocalBinding] = {}  # settings.management.bindings by lower-cased resource ID
 
     def fail(self, path: str, reason: str) -> None:
         """Record a problem at ``path``; paths that came from an ARM file are reported in that file's terms."""
@@ -51,4 +53,7 @@ class ValidatorBase:
         raise NotImplementedError
 
     def _check_schema(self, document: dict[str, Any]) -> None:  # the loader's: ARM input needs it too
+        raise NotImplementedError
+
+    def _local(self, raw: dict[str, Any], path: str) -> LocalBinding:  # the perimeter reader's: settings need it
         raise NotImplementedError
