@@ -1143,3 +1143,15 @@ def test_bad_parameters_file_is_refused_in_its_own_terms(tmp_path: Path, paramet
     (tmp_path / "p.json").write_text(json.dumps(parameters))
     error = _refuse_arm(tmp_path, _deployment_template(), extra={"armParameters": "p.json"})
     assert_reported(error, path, reason, file="p.json")
+
+
+@pytest.mark.parametrize("path", [pytest.param("proxy/data/nsp-proxy.schema.json", id="packaged"),
+                                  pytest.param("config/nsp-proxy.schema.json", id="published")])
+def test_schema_names_each_key_once(path: str) -> None:
+    """A JSON object with a key twice loads as the last one: a merge that duplicates a setting hides the first."""
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        keys = [key for key, _ in pairs]
+        assert len(keys) == len(set(keys)), sorted({k for k in keys if keys.count(k) > 1})
+        return dict(pairs)
+
+    json.loads((Path(__file__).resolve().parent.parent / path).read_text(), object_pairs_hook=no_duplicates)
