@@ -13,6 +13,7 @@ The workload resolves with /etc/resolv.conf naming 10.200.77.2:53, which the rul
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -121,9 +122,12 @@ def _listen_udp(seen: list[bytes], port: int = 0) -> socket.socket:
     return sock
 
 
+_ENVS = itertools.count()
+
+
 @contextmanager
 def sidecar_env(tmp: Path, mode: str, extra_args: list[str] | None = None) -> Iterator[Sidecar]:
-    tag = f"{os.getpid() % 100000}{mode[0].lower()}"
+    tag = f"{os.getpid() % 100000}{mode[0].lower()}{next(_ENVS)}"  # unique: envs may be open side by side
     w, b = f"nspw{tag}", f"nspb{tag}"
     shared = Path(tempfile.mkdtemp(prefix="nsp-sidecar-"))  # readable by nobody: the client and the CA
     shared.chmod(0o755)
