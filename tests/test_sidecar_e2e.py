@@ -122,12 +122,12 @@ def _listen_udp(seen: list[bytes], port: int = 0) -> socket.socket:
     return sock
 
 
-_ENV_NUMBERS = itertools.count()
+_ENVS = itertools.count()
 
 
 @contextmanager
 def sidecar_env(tmp: Path, mode: str, extra_args: list[str] | None = None) -> Iterator[Sidecar]:
-    tag = f"{os.getpid() % 100000}{mode[0].lower()}{next(_ENV_NUMBERS)}"  # unique: names are reused otherwise
+    tag = f"{os.getpid() % 100000}{mode[0].lower()}{next(_ENVS)}"  # unique: envs may be open side by side
     w, b = f"nspw{tag}", f"nspb{tag}"
     shared = Path(tempfile.mkdtemp(prefix="nsp-sidecar-"))  # readable by nobody: the client and the CA
     shared.chmod(0o755)
