@@ -203,6 +203,9 @@ RULES = [
     pytest.param({"direction": "Outbound", "fullyQualifiedDomainNames": ["xn--n3h.test"]}, id="bad-fqdn"),
     pytest.param({"addressPrefixes": [f"10.{i // 256}.{i % 256}.0/24" for i in range(201)]}, id="limit"),
     pytest.param({"adressPrefixes": ["10.0.0.0/8"]}, id="unknown-property"),
+    # a body is data: an ARM expression in it is the string it is (Azure stores it), never evaluated
+    pytest.param({"direction": "Outbound", "fullyQualifiedDomainNames": ["[concat('a', '.example.com')]"]},
+                 id="expression-is-a-string"),
 ]
 
 

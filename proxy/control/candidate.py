@@ -36,7 +36,7 @@ class Candidate:
 
 def build(store: Store, settings: dict[str, Any], source: str) -> Candidate:
     """The configuration ``store`` + ``settings`` (with ``management.bindings``) make; ArmError 400 if refused."""
-    document = store.document()
+    document = _literal(store.document())
     try:
         converted, _origins, _notices = arm.convert_document(document, source, {}) if document["value"] else (
             {"perimeters": []}, {}, [])
@@ -48,6 +48,18 @@ def build(store: Store, settings: dict[str, Any], source: str) -> Candidate:
         return Candidate(text, parse_config_text(text, source))
     except ConfigError as exc:
         raise refusal(exc, native) from None
+
+
+def _literal(node: Any) -> Any:
+    """A request body is data, not a template: Azure stores ``"[concat(...)]"`` as that string. ARM's escape
+    (a second leading bracket) keeps the importer from evaluating what a client sent."""
+    if isinstance(node, str):
+        return "[" + node if node.startswith("[") else node
+    if isinstance(node, list):
+        return [_literal(item) for item in node]
+    if isinstance(node, dict):
+        return {key: _literal(value) for key, value in node.items()}
+    return node
 
 
 def refusal(exc: ConfigError, document: dict[str, Any]) -> ArmError:
