@@ -3,8 +3,9 @@
 ``submit`` never blocks and never does I/O: it appends a finished line to a bounded queue (or says no when the
 queue is full), so a stdout reader that stops reading, a slow disk or a full disk can never stall a listener or
 SIGTERM. The thread takes everything queued at once and writes it with one ``write`` per batch. Woken by a line, it
-first lingers ``LINGER`` (5 ms) so that the lines of the next few requests share the batch: a busy proxy then
-pays one wake-up and one ``write`` per few requests, not per request.
+first lingers ``LINGER`` (5 ms) so that the lines of the next few requests share the batch, and after a batch it
+looks again after ``LINGER`` before it waits to be woken: a busy proxy then pays one ``write`` per few requests
+and no wake-up at all (``submit`` only notifies a thread that is waiting).
 
 A line is written whole or not at all. Before a batch, the thread notes the file's size; when a write fails part
 way (disk full), it truncates the file back to that size and writes the batch's lines one by one, each again
@@ -95,9 +96,10 @@ class AccessLogWriter:
     # -- the writer thread ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        recent = False  # a batch was just written: look again after LINGER before waiting to be woken
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                while not self._queue and not self._closing and not recent:
                     self._idle = True
                     self._cond.wait()
                 self._idle = False
@@ -106,11 +108,15 @@ class AccessLogWriter:
                 time.sleep(LINGER)  # lines submitted meanwhile join this batch (and notify nobody)
             with self._cond:
                 if not self._queue:
-                    break
+                    if self._closing:
+                        break
+                    recent = False  # nothing came for LINGER: the next line wakes the thread
+                    continue
                 batch = list(self._queue)
                 self._queue.clear()
                 self._busy = sum(weight for _, weight in batch)
             self._write_batch(batch)
+            recent = True
             with self._cond:
                 self._busy = 0
         try:
