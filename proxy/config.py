@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import jsonschema
 
-from proxy import arm, links
+from proxy import arm, links, schemacheck
 from proxy.arm_expressions import Deployment
 from proxy.azure_fields import IGNORED_PROPERTIES, drop_ignored
 from proxy.configfile import parse_text, read_text
@@ -47,6 +47,7 @@ from proxy.normalize import (
     parse_endpoint,
     parse_prefix,
 )
+from proxy.pacing import pace
 
 # Azure's hard limit (FACTS.md, "Limits"); the recommended ones only warn (proxy.links).
 MAX_RULE_ELEMENTS_PER_PROFILE = 200
@@ -240,8 +241,8 @@ class _Validator:
         return {str(name): entry["value"] for name, entry in entries.items()}
 
     def _check_schema(self, document: dict[str, Any]) -> None:
-        validator = jsonschema.Draft202012Validator(schema())
-        for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
+        errors = schemacheck.validator(schema()).iter_errors(document)
+        for error in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
             self.fail(_json_path(error.absolute_path), _schema_message(error))
 
     # -- objects ---------------------------------------------------------------------------------------------
@@ -351,6 +352,7 @@ class _Validator:
         return Profile(raw["name"], rules)
 
     def _rule(self, raw: dict[str, Any], path: str) -> AccessRule | None:
+        pace()  # proxy.pacing: a reload's worker thread leaves the event loop its share
         kinds = [k for k in MATCH_KINDS if raw.get(k)]
         if len(kinds) != 1:
             found = ", ".join(kinds) if kinds else "none"

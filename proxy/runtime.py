@@ -24,6 +24,7 @@ from proxy.errors import ConfigError, shorten
 from proxy.gcpolicy import LongLived, building
 from proxy.indexes import PrefixIndex
 from proxy.model import Config
+from proxy.pacing import paced
 from proxy.policy import Policy, compile_policy
 from proxy.recorder import Recorder
 from proxy.resolver import Resolver
@@ -134,7 +135,7 @@ class Runtime:
         reads). ConfigError if the file is refused or this machine cannot run it (a new listener's port is
         taken, the new access log cannot be opened)."""
         assert self.config_path is not None
-        with building():
+        with building(self._long_lived), paced():
             config = load_config(self.config_path)
             policy = compile_policy(config, self.policy.generation + 1)
         held = [(host, port) for host, port, _kind in self.policy.listeners]
