@@ -31,9 +31,9 @@ def building(long_lived: LongLived | None = None) -> Iterator[None]:
     with the default thresholds they trigger full collections that scan them and the whole heap while holding
     the GIL, which stalled the event loop for up to 0.7 s although a reload runs in a worker thread. Pausing
     the collector instead lets the traffic's own cyclic garbage pile up for the whole reload and costs one
-    collection of 250 ms when it resumes. So: only young collections, of at most 20,000 objects each (a few
-    ms), which still reclaim the traffic's garbage. The short switch interval lets the event loop take the
-    GIL back from the worker sooner.
+    collection of 250 ms when it resumes. So: only young collections, of at most 5,000 objects each (1-4 ms;
+    at 20,000 one took 10-17 ms of the event loop), which still reclaim the traffic's garbage. The short switch
+    interval lets the event loop take the GIL back from the worker sooner.
 
     With ``long_lived``, everything alive when the build ends is frozen (``LongLived.freeze``) before the
     default thresholds return: the objects built have piled up in the middle generation (its threshold was out
