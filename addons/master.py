@@ -12,7 +12,8 @@ Options that belonged to the dropped addons are unknown here: ``--set`` with one
 
 mitmproxy internals used (the same in 11.0 and 12.x; ``tests/test_compat.py`` checks them):
 ``Master.__init__`` creating ``self.addons``, ``AddonManager`` (``chain``, ``_iter_hooks``, ``register``,
-``remove``, ``clear``, ``_configure_all``, ``handle_lifecycle``) and ``addonmanager.safecall``.
+``remove``, ``clear``, ``_configure_all``, ``handle_lifecycle``), ``addonmanager.safecall``, and
+``utils.asyncio_utils.set_task_debug_info`` (replaced by its ``python -O`` form, like the type check below).
 
 Per hook, the dispatch does no more than it must: the hook's arguments are read once (mitmproxy reads them with
 ``dataclasses.fields`` on every call), the ``update`` hook that mitmproxy sends after every flow hook is not
@@ -27,9 +28,11 @@ parser builds bytes and floats; nsp-proxy's own responses are built with ``Respo
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +48,7 @@ from mitmproxy.addons import (
     tlsconfig,
     update_alt_svc,
 )
+from mitmproxy.utils import asyncio_utils
 
 ESSENTIAL: tuple[Callable[[], object], ...] = (
     core.Core,                    # option checks shared by all (e.g. a valid mode and listen setup)
@@ -98,13 +102,14 @@ class HookDispatch(addonmanager.AddonManager):
         return found
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        """mitmproxy's: the hook, then ``update`` for a flow hook; ``update`` only when someone listens."""
+        """mitmproxy's: the hook, then ``update`` for a flow hook; ``update`` only when someone listens (the
+        hook object is not even built otherwise)."""
         args = hook_args(event)
         await self._dispatch(self.handlers(event), args)
         if args and isinstance(args[0], flow.Flow):
-            update = hooks.UpdateHook([args[0]])
-            if self.handlers(update):
-                await self._dispatch(self.handlers(update), [[args[0]]])
+            update = self.handlers(_UPDATE)
+            if update:
+                await self._dispatch(update, [[args[0]]])
 
     async def trigger_event(self, event: hooks.Hook) -> None:
         handlers = self.handlers(event)
@@ -131,6 +136,7 @@ class HookDispatch(addonmanager.AddonManager):
 
 
 _HOOK_FIELDS: dict[type, tuple[str, ...]] = {}
+_UPDATE = hooks.UpdateHook([])  # only its name is read: which addons implement ``update``
 
 
 def hook_args(event: hooks.Hook) -> list[Any]:
@@ -154,6 +160,26 @@ def _no_type_check(self: Any) -> None:
     """What ``MessageData.__post_init__`` is under ``python -O``."""
 
 
+def drop_debug_task_names() -> bool:
+    """Replace mitmproxy's ``asyncio_utils.set_task_debug_info`` (called for every task it creates: one per hook
+    of every request) with what it is under ``python -O``: the ``if __debug__`` branch reads the environment
+    (``PYTEST_CURRENT_TEST``) on every call to decorate task names for mitmproxy's own test suite. False when
+    the mitmproxy in use has no such function or it is already replaced."""
+    current = getattr(asyncio_utils, "set_task_debug_info", None)
+    if current is None or current is _task_debug_info:
+        return False
+    asyncio_utils.set_task_debug_info = _task_debug_info
+    return True
+
+
+def _task_debug_info(task: asyncio.Task, *, name: str, client: tuple | None = None) -> None:
+    """mitmproxy's ``set_task_debug_info`` without its ``if __debug__`` branch."""
+    task.created = time.time()  # type: ignore[attr-defined]
+    task.set_name(name)
+    if client:
+        task.client = client  # type: ignore[attr-defined]
+
+
 class NspMaster(master.Master):
     """The master of ``nsp-proxy run``: ``ESSENTIAL`` addons, the terminal log on ``log_to`` and ErrorCheck
     (mitmproxy exits when an error is logged during startup, e.g. a listener that cannot be opened)."""
@@ -168,6 +194,7 @@ class NspMaster(master.Master):
         self.addons.add(errorcheck.ErrorCheck())
         self.options.changed.connect(self._follow_verbosity)
         drop_debug_type_checks()
+        drop_debug_task_names()
         self._follow_verbosity({"termlog_verbosity"})
 
     def _follow_verbosity(self, updated: set[str]) -> None:

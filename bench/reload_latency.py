@@ -30,7 +30,9 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import free_port, measure, running, summarize  # the sibling script
+import loadgen
+
+from bench import free_port, measure, running, summarize  # the sibling scripts
 
 STORAGE_ID = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-bench/providers/"
               "Microsoft.Storage/storageAccounts/stbench")
@@ -72,8 +74,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.enter_context(running([sys.executable, "-m", "proxy.cli", "run", "--config", str(config),
                                      "--access-log", str(work / "access.jsonl"), "--metrics",
                                      f"127.0.0.1:{metrics}"], listen, "nsp-proxy", work / "nsp-proxy.stderr"))
+        def window(seconds: float) -> Any:
+            """Keep-alive requests for ``seconds`` after a warm-up: wrk where it is installed (a C client: its
+            own hiccups do not show as the proxy's latency), else bench.py's asyncio client."""
+            if loadgen.wrk_binary() is None or args.asyncio_client:
+                return measure(listen, args.connections, args.warmup, seconds)
+            script = loadgen.wrk_script("/container/blob", f"127.0.0.1:{listen}")
+            loadgen.run_wrk(listen, script, args.connections, args.warmup)
+            return loadgen.run_wrk(listen, script, args.connections, seconds)
+
         say(f"[reload-bench] {args.rules} rules; baseline {args.duration}s", file=sys.stderr)
-        baseline = measure(listen, args.connections, args.warmup, args.duration)
+        baseline = window(args.duration)
 
         reload_seconds: list[float] = []
 
@@ -93,12 +104,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"[reload-bench] {args.reloads} reloads under load, {duration:.0f}s", file=sys.stderr)
         reloader = threading.Thread(target=reload_all)
         reloader.start()
-        during = measure(listen, args.connections, args.warmup, duration - args.warmup)
+        during = window(duration - args.warmup)
         reloader.join()
         final_generation = generation(metrics)
     return {
         "settings": {"rules": args.rules, "connections": args.connections, "reloads": args.reloads,
-                     "python": sys.version.split()[0], "cpus": os.cpu_count()},
+                     "python": sys.version.split()[0], "cpus": os.cpu_count(),
+                     "load_generator": "wrk" if loadgen.wrk_binary() and not args.asyncio_client else "asyncio"},
         "baseline": _row(summarize("no reload", args.connections, [baseline])),
         "during_reloads": _row(summarize("reloading", args.connections, [during])),
         "reload_seconds": [round(s, 2) for s in reload_seconds],
@@ -120,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", "-d", type=float, default=8.0, help="baseline window, seconds (8)")
     parser.add_argument("--warmup", "-w", type=float, default=1.0, help="warm-up before each window (1)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--asyncio-client", action="store_true", help="bench.py's asyncio client even with wrk")
     args = parser.parse_args(argv)
     report = run(args)
     if args.json:

@@ -19,11 +19,11 @@ from collections.abc import Iterator
 
 BUILD_SWITCH_INTERVAL = 0.0005  # seconds, while building (Python's default is 0.005)
 FREEZE_SECONDS = 300.0  # objects in force after a reload are held out of full collections this long, at most
-BUILD_GC_THRESHOLDS = (20_000, 1_000_000, 1_000_000)  # young collections only (default 700, 10, 10)
+BUILD_GC_THRESHOLDS = (5_000, 1_000_000, 1_000_000)  # young collections only (default 700, 10, 10)
 
 
 @contextlib.contextmanager
-def building() -> Iterator[None]:
+def building(long_lived: LongLived | None = None) -> Iterator[None]:
     """The garbage collector and thread switching tuned while a configuration is parsed and compiled
     (never by two threads at once).
 
@@ -31,15 +31,22 @@ def building() -> Iterator[None]:
     with the default thresholds they trigger full collections that scan them and the whole heap while holding
     the GIL, which stalled the event loop for up to 0.7 s although a reload runs in a worker thread. Pausing
     the collector instead lets the traffic's own cyclic garbage pile up for the whole reload and costs one
-    collection of 250 ms when it resumes. So: only young collections, of at most 20,000 objects each (a few
-    ms), which still reclaim the traffic's garbage. The short switch interval lets the event loop take the
-    GIL back from the worker sooner."""
+    collection of 250 ms when it resumes. So: only young collections, of at most 5,000 objects each (1-4 ms;
+    at 20,000 one took 10-17 ms of the event loop), which still reclaim the traffic's garbage. The short switch
+    interval lets the event loop take the GIL back from the worker sooner.
+
+    With ``long_lived``, everything alive when the build ends is frozen (``LongLived.freeze``) before the
+    default thresholds return: the objects built have piled up in the middle generation (its threshold was out
+    of reach), and the first middle collection after the build, in the worker or on the event loop, would
+    scan them all (10-20 ms for 10,000 rules) before the swap had a chance to freeze them."""
     thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
     gc.set_threshold(*BUILD_GC_THRESHOLDS)
     sys.setswitchinterval(BUILD_SWITCH_INTERVAL)
     try:
         yield
     finally:
+        if long_lived is not None:
+            long_lived.freeze()  # before the thresholds are back: what was built is never scanned (see above)
         sys.setswitchinterval(interval)
         gc.set_threshold(*thresholds)
 

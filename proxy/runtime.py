@@ -25,6 +25,7 @@ from proxy.gcpolicy import LongLived, building
 from proxy.model import Config
 from proxy.names import addresses
 from proxy.names.resolver import Resolver
+from proxy.pacing import paced
 from proxy.policy.compiled import Policy, compile_policy
 from proxy.policy.indexes import PrefixIndex
 from proxy.records.recorder import Recorder
@@ -137,7 +138,7 @@ class Runtime:
         taken, the new access log cannot be opened). ``load`` makes the configuration instead of reading the
         file (the management API's candidate, proxy.control): the same checks follow."""
         assert load is not None or self.config_path is not None
-        with building():
+        with building(self._long_lived), paced():
             config = load() if load is not None else load_config(str(self.config_path))
             policy = compile_policy(config, self.policy.generation + 1)
         held = preflight.held(self.policy.config, self.policy.listeners)

@@ -21,7 +21,7 @@ from mitmproxy import addonmanager, connection, hooks, http, master, options
 from mitmproxy.addons import proxyserver, script, termlog
 from mitmproxy.net.http import url
 from mitmproxy.net.tls import starts_like_tls_record
-from mitmproxy.proxy import commands, events, layer, layers, mode_specs, server_hooks
+from mitmproxy.proxy import commands, events, layer, layers, mode_specs, server, server_hooks
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.tools.dump import DumpMaster
@@ -136,6 +136,18 @@ INTERNALS: list = [
                  and "out" in params(termlog.TermLog.__init__), id="DumpMaster+TermLog(out=)"),
     pytest.param(lambda: params(addonmanager.Loader.add_option)[1:5] == ["name", "typespec", "default", "help"],
                  id="Loader.add_option"),
+    # addons/outbound.py _send_to: the host is set on request.data (a str), without the property's header rewrite
+    pytest.param(lambda: "self.data.host = always_str(" in inspect.getsource(http.Request.host.fset)
+                 and "_update_host_and_authority" in inspect.getsource(http.Request.host.fset),
+                 id="Request.host setter writes data.host"),
+    # addons/master.py drop_debug_task_names: every task mitmproxy creates is named through this function
+    pytest.param(lambda: params(asyncio_utils.set_task_debug_info) == ["task", "name", "client"]
+                 and "set_task_debug_info(t, name=name, client=client)" in inspect.getsource(asyncio_utils.create_task)
+                 and "PYTEST_CURRENT_TEST" in inspect.getsource(asyncio_utils.set_task_debug_info),
+                 id="asyncio_utils.set_task_debug_info"),
+    # proxy/cli.py _ConnectionChatter.install: connection lines go through the module logger's log()
+    pytest.param(lambda: "logger.log(" in inspect.getsource(server.ConnectionHandler.log)
+                 and server.logger.name == "mitmproxy.proxy.server", id="ConnectionHandler.log -> logger.log"),
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 from typing import Any
 
@@ -15,8 +16,9 @@ import pytest
 from mitmproxy import exceptions, hooks, http, options
 from mitmproxy.addons import default_addons, errorcheck, termlog
 from mitmproxy.test import tflow
+from mitmproxy.utils import asyncio_utils
 
-from addons.master import ESSENTIAL, HookDispatch, NspMaster, _no_type_check, hook_args
+from addons.master import ESSENTIAL, HookDispatch, NspMaster, _no_type_check, _task_debug_info, hook_args
 from addons.nsp import make_addons
 from tests.support import run_cli
 
@@ -148,6 +150,23 @@ def test_debug_type_checks_are_dropped_by_the_master_only() -> None:
     built()
     assert http.MessageData.__post_init__ is _no_type_check
     assert http.Request.make("GET", "http://example.com/").host == "example.com"
+
+
+def test_tasks_are_named_without_reading_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The internal relied on: every task mitmproxy creates goes through ``asyncio_utils.set_task_debug_info``,
+    whose ``if __debug__`` branch reads PYTEST_CURRENT_TEST; the master's replacement names it all the same."""
+    built()
+    assert asyncio_utils.set_task_debug_info is _task_debug_info
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "read")
+
+    async def scenario() -> tuple[str, Any, float]:
+        kept = {"keep_ref": True} if "keep_ref" in inspect.signature(asyncio_utils.create_task).parameters else {}
+        task = asyncio_utils.create_task(asyncio.sleep(0), name="handle_hook(request)", client=("1.2.3.4", 5), **kept)
+        await task
+        return task.get_name(), task.client, task.created  # type: ignore[attr-defined]
+
+    name, client, created = in_loop(scenario)
+    assert name == "handle_hook(request)" and client == ("1.2.3.4", 5) and created > 0
 
 
 def test_root_log_level_follows_termlog_verbosity() -> None:

@@ -70,6 +70,18 @@ class _ConnectionChatter:
     def filter(self, record: Any) -> bool:
         return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIXES))
 
+    def install(self, logger: Any) -> None:
+        """The filter, and the same test before a record is even made: mitmproxy logs every connection's
+        lines through ``logger.log``, and "Streaming response from ..." for every request."""
+        logger.addFilter(self)
+        made = logger.log
+
+        def log(level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+            if not (isinstance(msg, str) and msg.startswith(self.PREFIXES)):
+                made(level, msg, *args, **kwargs)
+
+        logger.log = log
+
 
 def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """At shutdown asyncio cancels the connections still open; on Python 3.11 its stream callback then reports
@@ -92,7 +104,7 @@ async def _serve(nsp_options: dict[str, str], mitm_options: list[str], verbose: 
     for noisy in ("tornado", "asyncio", "hpack", "quic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
-        logging.getLogger("mitmproxy.proxy.server").addFilter(_ConnectionChatter())
+        _ConnectionChatter().install(logging.getLogger("mitmproxy.proxy.server"))
         logging.getLogger("nsp-proxy.management").setLevel(logging.WARNING)  # a line per management request
     opts = options.Options()
     master = NspMaster(opts, log_to=sys.stderr)  # stdout belongs to the access log

@@ -17,7 +17,7 @@ from typing import Any
 
 import jsonschema
 
-from proxy.config import arm, links
+from proxy.config import arm, links, schemacheck
 from proxy.config.arm_input import ArmInput
 from proxy.config.azure_fields import IGNORED_PROPERTIES, drop_ignored
 from proxy.config.errors import ConfigError, Problem
@@ -107,8 +107,8 @@ class _Validator(ArmInput, SettingsReader, PerimeterReader):
         }
 
     def _check_schema(self, document: dict[str, Any]) -> None:
-        validator = jsonschema.Draft202012Validator(schema())
-        for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
+        errors = schemacheck.validator(schema()).iter_errors(document)
+        for error in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
             self.fail(_json_path(error.absolute_path), _schema_message(error))
 
 

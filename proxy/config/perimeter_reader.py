@@ -23,6 +23,7 @@ from proxy.model import (
     Settings,
 )
 from proxy.names.normalize import normalize_fqdn_rule, normalize_hostname, normalize_subscription, parse_endpoint
+from proxy.pacing import pace
 
 # Azure's hard limit (FACTS.md, "Limits"); the recommended ones only warn (proxy.config.links).
 MAX_RULE_ELEMENTS_PER_PROFILE = 200
@@ -91,6 +92,7 @@ class PerimeterReader(ValidatorBase):
         return Profile(raw["name"], rules)
 
     def _rule(self, raw: dict[str, Any], path: str) -> AccessRule | None:
+        pace()  # proxy.pacing: a reload's worker thread leaves the event loop its share
         kinds = [k for k in MATCH_KINDS if raw.get(k)]
         if len(kinds) != 1:
             found = ", ".join(kinds) if kinds else "none"

@@ -3,8 +3,9 @@
 ``submit`` never blocks and never does I/O: it appends a finished line to a bounded queue (or says no when the
 queue is full), so a stdout reader that stops reading, a slow disk or a full disk can never stall a listener or
 SIGTERM. The thread takes everything queued at once and writes it with one ``write`` per batch. Woken by a line, it
-first lingers ``LINGER`` (5 ms) so that the lines of the next few requests share the batch: a busy proxy then
-pays one wake-up and one ``write`` per few requests, not per request.
+first lingers ``LINGER`` (5 ms) so that the lines of the next few requests share the batch, and after a batch it
+looks again after ``LINGER`` before it waits to be woken: a busy proxy then pays one ``write`` per few requests
+and no wake-up at all (``submit`` only notifies a thread that is waiting).
 
 A line is written whole or not at all. On a regular file the thread first reserves the batch's bytes past the
 end of the file (``fallocate`` with ``FALLOC_FL_KEEP_SIZE``, Linux): on a full disk the reservation fails and
@@ -110,11 +111,14 @@ class AccessLogWriter:
     # -- the writer thread ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        recent = False  # a batch was just written: look again after LINGER before waiting to be woken
+        while (batch := self._next_batch(recent)) is not None:
             if not batch:
+                recent = False  # nothing came: the next line wakes the thread
                 self._probe()
                 continue
             self._write_batch(batch)
+            recent = True
             with self._cond:
                 self._busy = 0
         try:
@@ -124,10 +128,12 @@ class AccessLogWriter:
             pass
         os.close(self._fd)
 
-    def _next_batch(self) -> list[tuple[bytes, int]] | None:
-        """What is queued (after lingering for more), [] when a probe is due, None when closed and done."""
+    def _next_batch(self, recent: bool) -> list[tuple[bytes, int]] | None:
+        """What is queued (after lingering for more), [] when nothing came or a probe is due, None when closed
+        and done. Right after a batch (``recent``) the thread lingers instead of waiting to be notified: under
+        load, lines then arrive without a notify each."""
         with self._cond:
-            if not self._queue and not self._closing:
+            if not self._queue and not self._closing and not recent:
                 self._idle = True
                 self._cond.wait(None if self.healthy else PROBE_INTERVAL)
                 self._idle = False
@@ -138,7 +144,7 @@ class AccessLogWriter:
             time.sleep(LINGER)  # lines submitted meanwhile join this batch (and notify nobody)
         with self._cond:
             if not self._queue:
-                return None
+                return None if self._closing else []
             batch = list(self._queue)
             self._queue.clear()
             self._busy = sum(weight for _, weight in batch)
