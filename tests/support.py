@@ -71,11 +71,17 @@ class RunningProxy:
     stderr_path: Path
     stderr_file: Any = None  # our handle on the file the process writes its stderr to
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self, whole: bool = False) -> list[dict[str, Any]]:
+        """The records written so far. The writer thread may be in the middle of a batch: a last line without
+        its newline is still being written and is left for the next read, unless ``whole`` (the writer is
+        done: every line must be a complete record)."""
         if not self.access_log.exists():
             return []
-        lines = self.access_log.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        text = self.access_log.read_text(encoding="utf-8")
+        whole = whole or self.process.poll() is not None  # a stopped proxy has written all it will
+        if not whole and not text.endswith("\n"):
+            text = text[:text.rfind("\n") + 1]
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def settled_records(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The records once every decision made so far has one: records are written by a thread, and an
