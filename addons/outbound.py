@@ -18,7 +18,6 @@ connection, and requestheaders decides plain HTTP by its Host header, against th
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 
 from mitmproxy import connection, http
@@ -29,6 +28,7 @@ from addons import transparent
 from addons.failsafe import fail_closed_flow
 from addons.gatebits import Incomplete, Refuse, hello_server_name, hostport, mitmproxy_decrypts, request_operation
 from addons.lifecycle import NspLifecycle
+from addons.outboundmemo import ConnectionMemo
 from addons.outcome import record_request
 from addons.requesthosts import named_hosts
 from proxy.decision.denials import outbound_denial
@@ -44,8 +44,6 @@ from proxy.runtime import Runtime
 log = logging.getLogger("nsp-proxy")
 
 MAX_PINS_PER_CLIENT = 256  # destinations remembered per client connection (oldest dropped first)
-MAX_OWN_LISTENER_ANSWERS = 4096  # (address, port) answers of own_listener remembered at most (then forgotten)
-OWN_LISTENER_SECONDS = 1.0  # ... and for at most this long (a new interface address is noticed within a second)
 
 
 class OutboundGate:
@@ -54,10 +52,7 @@ class OutboundGate:
         self.pins: dict[str, dict[tuple[str, int], str]] = {}  # client id -> (host, port) -> address to dial
         self.names: dict[str, dict[tuple[str, int], str]] = {}  # client id -> (address, port) -> host pinned to it
         self.tunnels: dict[str, tuple[OutboundFacts, Decision]] = {}  # client id -> its allowed CONNECT
-        # client id -> the key and facts of its last plain request (a keep-alive connection's next request to
-        # the same destination, named the same way, under the same policy, has the same facts)
-        self.last_facts: dict[str, _LastRequest] = {}
-        self._own: tuple[tuple[int, ...], dict[tuple[str, int], str | None]] = ((), {})  # see _own_listener
+        self.memo = ConnectionMemo()  # a keep-alive connection's last facts and decision; own-listener answers
 
     # -- hooks ------------------------------------------------------------------------------------------------
 
@@ -89,9 +84,10 @@ class OutboundGate:
         request = flow.request
         host_header = request.host_header
         host = transparent.destination(self.lifecycle, flow.client_conn, host_header) or request.host
-        facts = self._request_facts(runtime, flow.client_conn, host, request.port,
-                                    "HTTPS" if request.scheme == "https" else "HTTP", host_header,
-                                    named_hosts(request, in_tunnel=False))
+        client, protocol = flow.client_conn, "HTTPS" if request.scheme == "https" else "HTTP"
+        hosts = named_hosts(request, in_tunnel=False)
+        facts = self.memo.facts(runtime, client.id, (host, request.port, protocol, host_header, hosts), lambda: (
+            self._facts(runtime, client, host, request.port, protocol, host_header=host_header, named_hosts=hosts)))
         operation = request_operation(request.method, request.scheme, host, request.port, request.path)
         decision = await self._decide(runtime, flow.client_conn, facts, operation, flow)
         address = self._pinned(flow.client_conn, facts)
@@ -204,7 +200,7 @@ class OutboundGate:
         self.pins.pop(client.id, None)
         self.names.pop(client.id, None)
         self.tunnels.pop(client.id, None)
-        self.last_facts.pop(client.id, None)
+        self.memo.forget(client.id)
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
@@ -224,56 +220,12 @@ class OutboundGate:
                              destination_host=canonical_destination(host), destination_port=port, protocol=protocol,
                              host_header=host_header, named_hosts=named_hosts)
 
-    def _request_facts(self, runtime: Runtime, client: connection.Client, host: str, port: int, protocol: str,
-                       host_header: str | None, hosts: tuple[tuple[str, str], ...]) -> OutboundFacts:
-        """``_facts`` for a plain request, reused from the connection's previous request when everything they
-        are made of is the same: the generation in force (a reload attributes afresh), the destination as the
-        client named it, the protocol, the Host header and every other host the request names. The source is
-        the connection's own and never changes."""
-        policy = runtime.policy
-        key = (policy.generation, id(policy), host, port, protocol, host_header, hosts)
-        last = self.last_facts.get(client.id)
-        if last is not None and last.key == key:
-            return last.facts
-        facts = self._facts(runtime, client, host, port, protocol, host_header=host_header, named_hosts=hosts)
-        self.last_facts[client.id] = _LastRequest(key, facts)
-        return facts
-
-    def _decision(self, runtime: Runtime, client: connection.Client, facts: OutboundFacts) -> Decision:
-        """``runtime.decide_outbound(facts)``; for the very facts the connection's previous request was decided
-        on (``_request_facts``), under the same policy, that request's decision: the engine is a function of
-        the policy and the facts alone. It is counted in the decision-time histogram all the same."""
-        last = self.last_facts.get(client.id)
-        if last is None or last.facts is not facts:
-            return runtime.decide_outbound(facts)
-        started = time.perf_counter()
-        decision = last.decision
-        if decision is None or decision.policy is not runtime.policy:
-            last.decision = runtime.decide_outbound(facts)
-            return last.decision
-        runtime.metrics.decision_seconds[decision.direction].observe(time.perf_counter() - started)
-        return decision
-
-    def _own_listener(self, runtime: Runtime, address: str, port: int) -> str | None:
-        """``runtime.own_listener``, remembered for the generation in force and at most ``OWN_LISTENER_SECONDS``
-        (it depends on the listeners and on which addresses the kernel says are this machine's)."""
-        policy = runtime.policy
-        made_for, known = self._own
-        now = (policy.generation, id(policy), int(time.monotonic() / OWN_LISTENER_SECONDS))
-        if made_for != now or len(known) >= MAX_OWN_LISTENER_ANSWERS:
-            known = {}
-            self._own = (now, known)
-        key = (address, port)
-        if key not in known:
-            known[key] = runtime.own_listener(address, port)
-        return known[key]
-
     async def _decide(self, runtime: Runtime, client: connection.Client, facts: OutboundFacts,
                       operation: str, flow: http.HTTPFlow | None) -> Decision:
         """Decide; if allowed, resolve and pin the address; write the one record (``flow`` None: a transparent
         connection's TLS or raw bytes, recorded at once). Denied names are never looked up, so a DNS query
         cannot carry data out either."""
-        decision = self._decision(runtime, client, facts)
+        decision = self.memo.decision(runtime, client.id, facts)
         details: dict[str, str] = {}
         if decision.allowed:
             host = facts.destination_host.strip("[]")
@@ -290,7 +242,7 @@ class OutboundGate:
             if addresses and not usable:
                 guard = (f"{host} resolves to {', '.join(addresses)}, which is in "
                          "settings.blockedDestinationPrefixes")
-            elif usable and self._own_listener(runtime, usable[0], facts.destination_port) not in (None, "reverse"):
+            elif usable and self.memo.own_listener(runtime, usable[0], facts.destination_port) not in (None, "reverse"):
                 guard = f"{host}:{facts.destination_port} is this proxy's own listener (a forwarding loop)"
             if guard:
                 decision = runtime.decide_outbound(replace(facts, refused_by_guard=guard))
@@ -338,17 +290,6 @@ class OutboundGate:
     def _deny(flow: http.HTTPFlow, facts: OutboundFacts, decision: Decision) -> None:
         denial = outbound_denial(f"{facts.destination_host}:{facts.destination_port}", decision)
         flow.response = http.Response.make(denial.status, denial.body, dict(denial.headers))
-
-
-class _LastRequest:
-    """A client connection's last plain request: what its facts were made of, the facts, their decision."""
-
-    __slots__ = ("decision", "facts", "key")
-
-    def __init__(self, key: tuple, facts: OutboundFacts) -> None:
-        self.key = key
-        self.facts = facts
-        self.decision: Decision | None = None
 
 
 def _send_to(request: http.Request, address: str) -> None:
